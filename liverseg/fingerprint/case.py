@@ -36,7 +36,9 @@ class CaseFingerprint:
 
 
 def percentile_key(q: float) -> str:
-    """The JSON key of an intensity percentile, nnU-Net style: 0.5 -> 'percentile_00_5'."""
+    """The JSON key of an intensity percentile, nnU-Net style: 0.5 -> 'percentile_00_5', 50 -> 'median'."""
+    if q == 50:
+        return "median"
     whole, frac = divmod(round(q * 10), 10)
     return f"percentile_{whole:02d}_{frac}"
 
@@ -53,7 +55,6 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float] | None:
         "std": float(values.std()),
         "min": float(values.min()),
         "max": float(values.max()),
-        "median": float(np.median(values)),
     }
     stats.update({percentile_key(q): float(p) for q, p in zip(INTENSITY_PERCENTILES, percentiles)})
     return stats
