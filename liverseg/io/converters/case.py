@@ -8,7 +8,7 @@ case is returned, not raised, so a conversion can report all problems of all cas
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from liverseg.io.converters.checks import (
 
 OUTPUT_ENDING = ".nii.gz"
 _INT16 = np.iinfo(np.int16)
+_UINT8 = sitk.GetPixelIDValueAsString(sitk.sitkUInt8)
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ def convert_case(case: CaseSource, root: Path, allowed_labels: frozenset[int], t
 
     _write_image(case.image, image_header, root / "imagesTr" / f"{case.case_id}_0000{OUTPUT_ENDING}")
     label_out = root / "labelsTr" / f"{case.case_id}{OUTPUT_ENDING}"
-    exact = label_header == Header(image_header.size, image_header.spacing, image_header.origin, image_header.direction, 1, "8-bit unsigned integer")
-    if exact and str(case.label).lower().endswith(OUTPUT_ENDING):
+    clean_label_header = replace(image_header, components=1, pixel_type=_UINT8)
+    if label_header == clean_label_header and str(case.label).lower().endswith(OUTPUT_ENDING):
         _copy(case.label, label_out)
     else:
         clean = sitk.GetImageFromArray(np.asarray(array).astype(np.uint8))
