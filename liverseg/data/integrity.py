@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from liverseg.errors import LiversegError
-from liverseg.io.converters.checks import (
+from liverseg.io.checks import (
     Header,
     geometry_problem,
     label_values,

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import atomic_output
+from liverseg.io.checks import nifti_truncation
 
 CANONICAL_ORIENTATION = "LPS"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -75,6 +76,9 @@ def read_sitk(path: str | Path) -> sitk.Image:
                 raise LiversegError(f"{path}: folder holds {len(series)} DICOM series; put each series in its own folder")
             reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
+        truncated = nifti_truncation(path)
+        if truncated:
+            raise LiversegError(f"{path}: {truncated}; copy or convert the file again")
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         first_line = str(e).strip().splitlines()[-1] if str(e).strip() else "unknown reason"

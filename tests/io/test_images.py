@@ -109,3 +109,14 @@ def test_channels_must_share_a_grid(tmp_path):
     _write(tmp_path / "c2.nii.gz", np.ones((4, 5, 6), np.float32), spacing=(0.8, 0.9, 4.0))
     with pytest.raises(LiversegError, match="spacing"):
         read_channels([tmp_path / "c0.nii.gz", tmp_path / "c2.nii.gz"])
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_an_error_not_zeros(tmp_path, suffix):
+    """SimpleITK fills a truncated NIfTI with zeros; read_image must refuse it instead."""
+    path = tmp_path / f"cut{suffix}"
+    _write(path, np.random.default_rng(0).random((8, 30, 30)).astype(np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LiversegError, match="truncated|corrupt"):
+        read_image(path)

@@ -16,13 +16,13 @@ import SimpleITK as sitk
 
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import atomic_output
-from liverseg.io.converters.checks import (
+from liverseg.io.images import read_sitk
+from liverseg.io.checks import (
     Header,
     geometry_differences,
     geometry_problem,
     label_values,
     nifti_truncation,
-    read_full,
     read_header,
     shape_problem,
 )
@@ -53,7 +53,7 @@ def convert_case(case: CaseSource, root: Path, allowed_labels: frozenset[int], t
         return [f"{e}; replace the file with a complete copy"]
     problems = _file_problems(case.image, image_header)
     try:
-        label_image = read_full(case.label)
+        label_image = read_sitk(case.label)
     except LiversegError as e:
         return problems + [f"{e}; replace the file with a complete copy"]
     label_header = Header.of_image(label_image)

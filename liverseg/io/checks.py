@@ -1,4 +1,4 @@
-"""Cheap checks on image files shared by the converters and the dataset integrity check.
+"""Cheap checks on image files: headers without voxels, shapes, label values, NIfTI completeness.
 
 SimpleITK reads a truncated ``.nii`` or ``.nii.gz`` without complaint and fills the missing voxels
 with zeros (measured with SimpleITK 2.5), so completeness of NIfTI files is checked here against
@@ -67,17 +67,6 @@ def read_header(path: str | Path) -> Header:
         components=int(reader.GetNumberOfComponents()),
         pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
     )
-
-
-def read_full(path: str | Path) -> sitk.Image:
-    """Read a whole image file, turning any reader failure or NIfTI truncation into a LiversegError."""
-    problem = nifti_truncation(path)
-    if problem:
-        raise LiversegError(f"{path}: {problem}")
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise LiversegError(f"{path}: cannot be read as an image ({_last_line(e)})") from None
 
 
 def shape_problem(header: Header) -> str:
