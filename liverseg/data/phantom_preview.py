@@ -1,5 +1,6 @@
-"""A montage PNG of a raw dataset: one axial and one coronal slice through the liver of each case.
+"""A montage PNG of a raw dataset: an axial and a coronal slice through the liver of each case.
 
+The axial slice is the one with the most tumour (or the liver's centre when there is none).
 Slices are shown in radiological convention (patient's right on the image's left, anterior at
 the top of axial slices, superior at the top of coronal ones) with the physical aspect ratio, and
 the liver (labels 1 and 2) and tumour (label 2) outlines drawn in two colours, so a person can
@@ -58,7 +59,10 @@ def write_preview(dataset_root: Path, output_png: Path, max_cases: int = 6) -> P
         label_path = dataset.label_file(case)
         label = read_image(label_path)[0] if label_path.is_file() else np.zeros(image.shape, np.uint8)
         sz, sy, sx = geometry.spacing
-        z, y = _centre(label > 0, 0), _centre(label > 0, 1)
+        tumour = label == 2
+        # The axial slice with the most tumour (else through the liver's centre), so lesions show.
+        z = int(np.argmax(tumour.sum(axis=(1, 2)))) if tumour.any() else _centre(label > 0, 0)
+        y = _centre(label > 0, 1)
         ax_axial, ax_coronal = axes[i // columns, 2 * (i % columns)], axes[i // columns, 2 * (i % columns) + 1]
         _show(ax_axial, image[z], label[z], sy / sx, f"{case} axial {z}", flip_rows=False)
         _show(ax_coronal, image[:, y], label[:, y], sz / sx, f"coronal {y}", flip_rows=True)
