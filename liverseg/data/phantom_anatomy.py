@@ -7,11 +7,11 @@ adult abdominal anatomy (a body 280-370 mm wide and 200-270 mm deep, a vertebral
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from liverseg.data.phantom_geometry import Grid, SmoothCurve, Vec3, ellipse_2d, ellipsoid, rotation
+from liverseg.data.phantom_geometry import Grid, SmoothCurve, SmoothField, Vec3, ellipse_2d, ellipsoid, rotation
 
 
 @dataclass(frozen=True)
@@ -21,15 +21,24 @@ class Blob:
     center: Vec3
     radii: Vec3
     rot: np.ndarray | None = None
+    bumps: SmoothField | None = None  # irregularity of the surface
+    bump_mm: float = 0.0
 
     def sdf(self, grid: Grid) -> np.ndarray:
         """Approximate signed distance (mm) on ``grid``."""
-        return ellipsoid(grid, self.center, self.radii, self.rot)
+        f = ellipsoid(grid, self.center, self.radii, self.rot)
+        if self.bumps is not None:
+            f += np.float32(self.bump_mm) * self.bumps(grid)
+        return f
+
+    def bumpy(self, rng: np.random.Generator, bump_mm: float, length: float) -> "Blob":
+        """The same blob with a random smooth surface deformation of about ``bump_mm``."""
+        return replace(self, bumps=SmoothField(rng, *self.box(20.0), length), bump_mm=bump_mm)
 
     def box(self, margin: float = 0.0) -> tuple[Vec3, Vec3]:
         """A box (lo, hi) that contains the blob, rotated or not, plus ``margin`` mm."""
         r = max(self.radii) if self.rot is not None else None
-        half = [(r if r is not None else ri) + margin for ri in self.radii]
+        half = [(r if r is not None else ri) + margin + 2.5 * self.bump_mm for ri in self.radii]
         return tuple(c - h for c, h in zip(self.center, half)), tuple(c + h for c, h in zip(self.center, half))
 
 
@@ -83,13 +92,28 @@ class Anatomy:
         self.ivc = Tube2D((spine_y - 32 * k, -u(20, 28) * k), (u(9, 12) * k, u(12, 16) * k))
 
         self.kidneys = [
-            Blob((-u(115, 135), spine_y + 2 * k, -u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)),
-            Blob((-u(100, 120), spine_y + 2 * k, u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)),
+            Blob((-u(115, 135), spine_y + 2 * k, -u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)).bumpy(rng, 2.0, 30.0),
+            Blob((-u(100, 120), spine_y + 2 * k, u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)).bumpy(rng, 2.0, 30.0),
         ]
-        self.spleen = Blob((-u(40, 65), 0.30 * b, 0.58 * a), (u(45, 60) * k, u(45, 60) * k, u(20, 28) * k), rotation(rng, 25))
-        self.stomach = Blob((-u(35, 60), -0.15 * b, 0.28 * a), (u(40, 60) * k, u(30, 45) * k, u(35, 45) * k), rotation(rng, 20))
+        self.spleen = Blob((-u(40, 65), 0.30 * b, 0.58 * a), (u(45, 60) * k, u(45, 60) * k, u(20, 28) * k), rotation(rng, 25)).bumpy(rng, 5.0, 35.0)
+        self.stomach = Blob((-u(35, 60), -0.15 * b, 0.28 * a), (u(40, 60) * k, u(30, 45) * k, u(35, 45) * k), rotation(rng, 20)).bumpy(rng, 8.0, 40.0)
         self.stomach_fill = u(0.3, 0.8)  # fraction of the stomach (posterior part) holding fluid
-        self.heart = Blob((u(45, 70), -0.25 * b, 0.15 * a), (60 * k, u(45, 60) * k, u(60, 75) * k), rotation(rng, 20))
+        self.heart = Blob((u(45, 70), -0.25 * b, 0.15 * a), (60 * k, u(45, 60) * k, u(60, 75) * k), rotation(rng, 20)).bumpy(rng, 4.0, 40.0)
+        # Ribs: bands in the muscle wall, one every rib_period mm, dropping towards the front.
+        self.rib_period, self.rib_drop, self.rib_phase = u(28, 36) * k, u(50, 90), u(0, 36)
+        self.costal_margin = -u(100, 140)  # lowest height a rib reaches at the back
+        # The colon frames the abdomen: ascending (right), transverse (front), descending (left).
+        j = lambda: u(-12, 12)  # noqa: E731
+        self.colon_path = [
+            (-320 + j(), 0.05 * b + j(), -0.62 * a + j()), (-160 + j(), 0.0 + j(), -0.60 * a + j()),
+            (-125 + j(), -0.35 * b + j(), -0.42 * a + j()), (-150 + j(), -0.60 * b + j(), 0.0 + j()),
+            (-110 + j(), -0.35 * b + j(), 0.50 * a + j()), (-95 + j(), 0.10 * b + j(), 0.66 * a + j()),
+            (-320 + j(), 0.10 * b + j(), 0.62 * a + j()),
+        ]
+        self.colon_radius = u(17, 24) * k
+        self.bowel_top = -u(60, 110)  # small bowel loops fill the cavity below this height
+        self.stool = SmoothField(rng, (z_lo, -b - 20, -a - 20), (z_hi, b + 20, a + 20), 12.0)
+        self.coil_gain, self.coil_depth = u(0.1, 0.5), u(50, 100)
 
     # --- body wall -------------------------------------------------------------------------
     def body_depth(self, grid: Grid) -> np.ndarray:
@@ -138,3 +162,20 @@ class Anatomy:
         phase = np.mod(grid.z - self.vertebra_phase, period)
         ramp = np.clip((np.minimum(phase, self.vertebra_height - phase) + 1.5) / 3.0, 0, 1)
         return ramp.astype(np.float32)[:, None, None]
+
+    def ribs(self, grid: Grid, depth: np.ndarray, fat: np.ndarray, muscle: np.ndarray) -> np.ndarray:
+        """Signed distance-like function (mm) of the ribs' cross-sections in the muscle wall."""
+        _, y, x = grid.axes()
+        theta = np.arctan2(y[0], x[0])
+        drop = (self.rib_drop * (1 - np.sin(theta)) / 2).astype(np.float32)
+        height = grid.z[:, None, None] + drop  # where this rib would be at the back
+        half_height, half_thickness = np.float32(5.0 * self.size), np.float32(4.0)
+        along = np.mod(height - np.float32(self.rib_phase), np.float32(self.rib_period)) - np.float32(self.rib_period / 2)
+        across = (depth - (fat + 0.5 * muscle + 2)) / half_thickness
+        along /= half_height
+        f = np.sqrt(along * along + across * across)  # an elliptic cross-section
+        f -= 1
+        f *= half_thickness
+        np.maximum(f, np.float32(self.costal_margin) - height, out=f)
+        np.maximum(f, np.float32(40.0) - np.abs(x), out=f)  # no ribs at the spine and the sternum
+        return f

@@ -125,7 +125,7 @@ def generate_case(index: int, seed: int = 0, size: str = "tiny") -> PhantomCase:
 
     image = np.zeros(grid.shape, np.float32)
     label = np.zeros(grid.shape, np.uint8)
-    bowel = SmoothField(body_rng, (BODY_Z_RANGE[0], -250, -250), (BODY_Z_RANGE[1], 250, 250), 18.0)
+    bowel = SmoothField(body_rng, (BODY_Z_RANGE[0], -250, -250), (BODY_Z_RANGE[1], 250, 250), 25.0)
     render_body(image, grid, anatomy, tissues, bowel)
     render_organs(image, grid, anatomy, tissues)
     render_liver(image, label, grid, liver, tissues)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from liverseg.data.phantom_anatomy import Anatomy, Blob
-from liverseg.data.phantom_geometry import Grid, SmoothField, Vec3, capsule, regular_grid, rotation, smooth_union
+from liverseg.data.phantom_geometry import Grid, SmoothField, Vec3, regular_grid, rotation, smooth_union
+from liverseg.data.phantom_vessels import Vessel, grow_tree
 
 COARSE_STEP = 4.0  # mm, the grid used to calibrate the volume and to place lesions
 
@@ -35,26 +36,6 @@ class Lesion:
         return self.blob.sdf(grid) + np.float32(0.1 * self.diameter) * self.lobulation(grid)
 
 
-@dataclass(frozen=True)
-class Vessel:
-    """A tapered tube from ``start`` to ``end`` (mm)."""
-
-    start: Vec3
-    end: Vec3
-    radius_start: float
-    radius_end: float
-    intrahepatic: bool = True
-
-    def z_extent(self) -> tuple[float, float]:
-        """Highest and lowest height (mm) of the liver, to place the scan."""
-        return self._z_extent
-
-    def box(self) -> tuple[Vec3, Vec3]:
-        """Bounding box of the tube."""
-        r = max(self.radius_start, self.radius_end) + 2
-        return tuple(min(a, b) - r for a, b in zip(self.start, self.end)), tuple(max(a, b) + r for a, b in zip(self.start, self.end))
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(float(np.linalg.norm(v)), 1e-9)
 
@@ -64,15 +45,6 @@ def _turn(rng: np.random.Generator, direction: np.ndarray, degrees: float) -> np
     side = _unit(np.cross(direction, _unit(rng.standard_normal(3))))
     angle = np.deg2rad(degrees)
     return _unit(np.cos(angle) * direction + np.sin(angle) * side)
-
-
-def _tree(rng, start, direction, length, radius, depth, out: list[Vessel]) -> None:
-    end = start + direction * length
-    out.append(Vessel(tuple(start), tuple(end), radius, radius * 0.85))
-    if depth == 0:
-        return
-    for _ in range(2):
-        _tree(rng, end, _turn(rng, direction, rng.uniform(20, 45)), length * rng.uniform(0.6, 0.85), radius * 0.72, depth - 1, out)
 
 
 class Liver:
@@ -158,23 +130,19 @@ class Liver:
         return np.stack([g.z[idx[:, 0]], g.y[idx[:, 1]], g.x[idx[:, 2]]], axis=1) if len(idx) else np.zeros((0, 3))
 
     def _draw_vessels(self, rng: np.random.Generator, coarse_f: np.ndarray) -> list[Vessel]:
-        inside = self._inside_points(coarse_f, -np.inf, -12.0)
-        if len(inside) == 0:
+        inside = self._inside_points(coarse_f, -np.inf, -8.0)
+        if len(inside) < 10:
             return []
         right = self.lobes[0]
         proposal = np.asarray(right.center) + np.array([-0.2, 0.1, 0.55]) * np.asarray(right.radii)
         hilum = inside[np.argmin(np.sum((inside - proposal) ** 2, axis=1))]
         k = self.scale * self.anatomy.size
-        vessels: list[Vessel] = []
-        for direction in ((-0.1, 0.1, -1.0), (0.15, -0.7, 0.7)):
-            _tree(rng, hilum, _turn(rng, _unit(np.array(direction)), 10), 35 * k, 6.0 * k, 3, vessels)
-        outside = hilum + np.array([-35.0, 25.0, 30.0]) * k
-        vessels.append(Vessel(tuple(hilum), tuple(outside), 6.5 * k, 6.5 * k, intrahepatic=False))
+        vessels = grow_tree(rng, hilum, inside, [(2, 5.0 * k), (8, 3.5 * k), (18, 2.2 * k)], 7.0 * k)
+        vessels.append(Vessel(tuple(hilum), tuple(hilum + np.array([-35.0, 25.0, 30.0]) * k), 7.0 * k, 7.0 * k, intrahepatic=False))
         ivc_y, ivc_x = self.anatomy.ivc.center_yx
         top = inside[inside[:, 0] > np.max(inside[:, 0]) - 30]
-        drain = np.array([np.median(top[:, 0]) if len(top) else -20.0, ivc_y, ivc_x])
-        for direction in ((-0.4, -0.3, -1.0), (-0.4, -1.0, -0.1), (-0.3, -0.8, 0.7)):
-            _tree(rng, drain, _turn(rng, _unit(np.array(direction)), 10), 40 * k, 5.0 * k, 2, vessels)
+        drain = np.array([np.median(top[:, 0]), ivc_y, ivc_x])
+        vessels += grow_tree(rng, drain, inside, [(3, 4.5 * k), (8, 3.0 * k), (12, 2.0 * k)], 6.0 * k)
         return vessels
 
     def _draw_lesions(self, rng: np.random.Generator, coarse_f: np.ndarray, bright: bool, min_diameter: float) -> list[Lesion]:

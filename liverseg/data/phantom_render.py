@@ -11,30 +11,71 @@ import numpy as np
 
 from liverseg.data.phantom_anatomy import Anatomy, Blob
 from liverseg.data.phantom_appearance import Tissues
-from liverseg.data.phantom_geometry import Grid, SmoothField, capsule, occupancy, paint
+from liverseg.data.phantom_geometry import Grid, SmoothField, capsule, occupancy, paint, slab_occupancy
 from liverseg.data.phantom_liver import Liver
 
 LABEL_LIVER, LABEL_TUMOUR = 1, 2
 
 
 def render_body(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tissues, bowel: SmoothField) -> None:
-    """Body outline, subcutaneous fat, muscle wall, bowel and visceral fat, lungs (whole volume)."""
+    """Body outline, subcutaneous fat, muscle wall, ribs, bowel and visceral fat, lungs (whole volume)."""
     w = grid.edge_width
     depth = anatomy.body_depth(grid)
     fat, muscle = anatomy.wall(grid)
-    t = bowel(grid)
-    # Bowel loops where the field is high, with their contents in the middle; visceral fat elsewhere.
-    cavity = np.float32(tissues.fat) + np.float32(tissues.bowel_wall - tissues.fat) * np.clip(1.5 * t + 0.2, 0, 1)
-    cavity += np.float32(tissues.bowel_content - tissues.bowel_wall) * np.clip(1.5 * t - 1.2, 0, 1)
+    cavity = _abdominal_contents(grid, anatomy, tissues, bowel)
     image += np.float32(tissues.fat) * occupancy(-depth, w)
+    ribs = anatomy.ribs(grid, depth, fat, muscle)
     depth -= fat
     image += np.float32(tissues.muscle - tissues.fat) * occupancy(-depth, w)
+    paint(image, (slice(None),) * 3, occupancy(ribs, w), tissues.disc * 0.5)
+    paint(image, (slice(None),) * 3, occupancy(ribs + 1.5, w), tissues.marrow * 0.8)
+    del ribs
     depth -= muscle
     in_cavity = occupancy(-depth, w)
-    cavity -= np.float32(tissues.muscle)
+    cavity -= image
     cavity *= in_cavity
     image += cavity
+    del cavity
+    _render_colon(image, grid, anatomy, tissues, in_cavity)
     _render_lungs(image, grid, anatomy, tissues, in_cavity)
+    # Surface coils: the signal is stronger near the skin.
+    depth += fat + muscle
+    np.maximum(depth, 0, out=depth)
+    depth *= np.float32(-1 / anatomy.coil_depth)
+    image *= 1 + np.float32(anatomy.coil_gain) * np.exp(depth, out=depth)
+
+
+def _render_colon(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tissues, in_cavity: np.ndarray) -> None:
+    """A tube along the colon's path: a wall, and stool mottled with gas inside."""
+    path, radius = anatomy.colon_path, anatomy.colon_radius
+    lo, hi = np.min(path, axis=0) - radius - 5, np.max(path, axis=0) + radius + 5
+    found = grid.crop(tuple(lo), tuple(hi))
+    if found is None:
+        return
+    sl, sub = found
+    f = np.full(sub.shape, np.inf, np.float32)
+    for a, b in zip(path[:-1], path[1:]):
+        got = sub.crop(tuple(np.minimum(a, b) - radius - 3), tuple(np.maximum(a, b) + radius + 3))
+        if got is not None:
+            cs, csub = got
+            np.minimum(f[cs], capsule(csub, a, b, radius, radius), out=f[cs])
+    np.maximum(f, anatomy.below_diaphragm(sub, gap=10.0), out=f)
+    inside = in_cavity[sl]
+    paint(image, sl, occupancy(f, grid.edge_width) * inside, tissues.bowel_wall)
+    gas = np.clip(2.0 * anatomy.stool(sub) + 0.3, 0, 1)
+    content = np.float32(tissues.bowel_content) + np.float32(tissues.lung - tissues.bowel_content) * gas
+    paint(image, sl, occupancy(f + 3, grid.edge_width) * inside, content)
+
+
+def _abdominal_contents(grid: Grid, anatomy: Anatomy, tissues: Tissues, bowel: SmoothField) -> np.ndarray:
+    """Visceral fat with small-bowel loops: walls along the zero sheets of a smooth field, content inside."""
+    t = np.abs(bowel(grid))
+    z, _, _ = grid.axes()
+    lower = np.clip((np.float32(anatomy.bowel_top) - z) / np.float32(40.0), 0, 1)
+    cavity = np.full(grid.shape, tissues.fat, np.float32)
+    cavity += np.float32(tissues.bowel_wall - tissues.fat) * lower * np.clip((0.8 - t) / 0.15, 0, 1)
+    cavity += np.float32(tissues.bowel_content - tissues.bowel_wall) * lower * np.clip((0.55 - t) / 0.15, 0, 1)
+    return cavity
 
 
 def _render_lungs(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tissues, in_cavity: np.ndarray) -> None:
@@ -130,14 +171,14 @@ def render_liver(image: np.ndarray, label: np.ndarray, grid: Grid, liver: Liver,
         # A tumour may bulge out of the liver surface, but by at most a third of its radius.
         f = np.maximum(lesion.sdf(lsub), f_liver[ls] - np.float32(lesion.diameter / 6))
         np.minimum(f_tumour[ls], f, out=f_tumour[ls])
-        lesion_f.append((ls, f))
+        lesion_f.append((ls, lsub, f))
     whole = np.minimum(f_liver, f_tumour)
     region = label[sl]
     region[whole < 0] = LABEL_LIVER
     region[f_tumour < 0] = LABEL_TUMOUR
 
     value = np.float32(tissues.liver) * (1 + np.float32(tissues.liver_texture) * liver.texture(sub))
-    paint(image, sl, occupancy(whole, w), value)
+    paint(image, sl, slab_occupancy(whole, sub), value)
     tissue_occ = occupancy(f_liver, w)
     vessels = np.zeros(sub.shape, np.float32)
     for vessel in liver.vessels:
@@ -156,9 +197,9 @@ def render_liver(image: np.ndarray, label: np.ndarray, grid: Grid, liver: Liver,
     for lesion, got in zip(liver.lesions, lesion_f):
         if got is None:
             continue
-        ls, f = got
+        ls, lsub, f = got
         val = value[ls] * np.float32(lesion.contrast)
         val += np.float32(lesion.rim * tissues.liver) * np.clip(1 - np.abs(f + 2.5) / 2.5, 0, 1)
         if lesion.necrosis != 1.0:
             val *= 1 + np.float32(lesion.necrosis - 1) * occupancy(f + np.float32(0.25 * lesion.diameter), 3 * w)
-        paint(region_image, ls, occupancy(f, w), val)
+        paint(region_image, ls, slab_occupancy(f, lsub), val)

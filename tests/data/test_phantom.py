@@ -48,21 +48,21 @@ def test_dataset_on_disk_is_consistent(tmp_path):
 
 
 def test_tumours_lie_within_the_liver(tiny_cases):
+    on_edge = total = 0
     for case in tiny_cases:
         region = case.label > 0
         components, n = cc3d.connected_components(region, connectivity=26, return_N=True)
         # Every piece of the whole-liver region holds liver tissue: no tumour floats outside the liver.
-        with_liver = np.unique(components[case.label == 1])
-        assert set(range(1, n + 1)) <= set(with_liver.tolist())
-        # Tumour voxels that touch the background (face neighbours) are a minority of the tumour.
+        assert set(range(1, n + 1)) <= set(np.unique(components[case.label == 1]).tolist())
+        # Tumours may bulge out of the liver surface, but most tumour voxels are surrounded by liver
+        # or tumour in their slice (4 in-plane neighbours; slices are too thick to ask the same in z).
         tumour = case.label == 2
-        if tumour.any():
-            padded = np.pad(region, 1)
-            inner = np.ones_like(tumour)
-            for axis in range(3):
-                for shift in (-1, 1):
-                    inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
-            assert np.count_nonzero(tumour & ~inner) < 0.7 * np.count_nonzero(tumour)
+        padded = np.pad(region, ((0, 0), (1, 1), (1, 1)))
+        inner = padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+        on_edge += np.count_nonzero(tumour & ~inner)
+        total += np.count_nonzero(tumour)
+    assert total > 0
+    assert on_edge < 0.35 * total
 
 
 def test_liver_is_in_the_right_upper_abdomen(tiny_cases, tmp_path):
