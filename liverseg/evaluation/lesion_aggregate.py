@@ -25,12 +25,13 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | int]:
-    """Mean, std (population, as numpy), median of the finite values and how many were NaN."""
+    """Mean, sample std (NaN for one value), median of the finite values and how many were NaN."""
     values = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return {"mean": math.nan, "std": math.nan, "median": math.nan, "n": 0, "n_excluded": int(values.size)}
-    return {"mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite)),
+    std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+    return {"mean": float(finite.mean()), "std": std, "median": float(np.median(finite)),
             "n": int(finite.size), "n_excluded": int(values.size - finite.size)}
 
 

@@ -7,8 +7,11 @@ Input contract (the ``summary.json`` that ``liverseg_evaluate`` writes; only thi
 
 Cases are paired by ``case``; a metric is compared on the cases where both summaries have a finite
 value (``null``/NaN, e.g. a distance to an empty mask, drops that pair for that metric only), and
-the number of pairs is reported. Nested dictionaries in a case row are flattened with ``_``
-(``{"tumour": {"dice": x}}`` is the metric ``tumour_dice``); lists and strings are ignored.
+the number of pairs is reported. Nested dictionaries in a case row are flattened with ``/``
+(``{"lesions": {"f1": x}}`` is the metric ``lesions/f1``, as in the per-case CSV); lists and strings
+are ignored, and so are the ``per_rater`` and ``inter_rater`` parts of a several-rater evaluation
+(the inter-rater values do not depend on the pipeline; the row's own values are the means over
+raters, and φ).
 
 Per metric, with d = A − B oriented so that d > 0 means A is better (higher Dice, lower HD, ...):
 
@@ -39,10 +42,13 @@ from liverseg.io.atomic import read_json, write_json
 log = logging.getLogger(__name__)
 
 #: Name tokens that say which way a metric improves. A metric matching neither (or both) is skipped.
+#: TP and FN counts are left out on purpose: with the same reference they carry what recall does.
 HIGHER_IS_BETTER = frozenset({"dice", "f1", "recall", "precision", "sensitivity", "specificity", "iou",
-                              "jaccard", "nsd", "phi", "tp", "accuracy"})
+                              "jaccard", "nsd", "phi", "accuracy"})
 LOWER_IS_BETTER = frozenset({"hd", "hd95", "hausdorff", "assd", "asd", "masd", "rmse", "mae", "error",
-                             "errors", "fp", "fn", "distance"})
+                             "errors", "fp", "distance"})
+#: Parts of a case row that are not results of the compared pipeline alone.
+IGNORED_KEYS = frozenset({"case", "per_rater", "inter_rater"})
 MIN_PAIRS = 3  # Shapiro–Wilk needs three values
 
 
@@ -121,7 +127,7 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
     for key, value in row.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}_"))
+            out.update(_flatten(value, f"{name}/"))
         elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
             out[name] = math.nan if value is None else float(value)
     return out
@@ -138,7 +144,7 @@ def per_case_table(summary: dict[str, Any], source: str = "summary") -> dict[str
         name = str(r["case"])
         if name in table:
             raise LiversegError(f"{source}: case {name!r} appears twice in 'per_case'")
-        table[name] = _flatten({k: v for k, v in r.items() if k != "case"})
+        table[name] = _flatten({k: v for k, v in r.items() if k not in IGNORED_KEYS})
     return table
 
 

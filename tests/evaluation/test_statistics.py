@@ -92,7 +92,8 @@ def test_wilcoxon_drops_zero_differences():
 @pytest.mark.parametrize("name,direction", [
     ("liver_dice", "higher"), ("tumour_surface_dice_5mm", "higher"), ("f1", "higher"), ("recall_10mm", "higher"),
     ("tumor_hd95", "lower"), ("liver_HD", "lower"), ("tumour_assd", "lower"), ("burden_rmse", "lower"),
-    ("fp", "lower"), ("merge_errors", "lower"), ("n_reference", None), ("volume_ml", None),
+    ("lesions/fp", "lower"), ("lesions/merge_errors", "lower"), ("tumor_burden_abs_error", "lower"),
+    ("lesions/n_reference", None), ("lesions/tp", None), ("volume_ml", None), ("tumor_burden_reference", None),
 ])
 def test_metric_direction(name, direction):
     assert metric_direction(name) == direction
@@ -104,17 +105,19 @@ def summary(values: dict[str, list], cases=None):
 
 
 def test_compare_pairs_cases_by_name_and_drops_missing_values():
-    b_dice = np.linspace(0.5, 0.9, N)
-    a = summary({"tumour_dice": list(b_dice + NORMAL_DIFF), "volume_ml": [1.0] * N})
-    # B lists the cases in reverse order, nests the metric, and has one extra case and one null value.
-    rows_b = [{"case": f"case_{i:02d}", "tumour": {"dice": float(b_dice[i])}, "volume_ml": 2.0} for i in reversed(range(N))]
-    rows_b[0]["tumour"]["dice"] = None  # case_19
-    rows_b.append({"case": "extra", "tumour": {"dice": 0.1}, "volume_ml": 2.0})
+    b_f1 = np.linspace(0.5, 0.9, N)
+    a = summary({"lesions": [{"f1": float(v), "lesions": []} for v in b_f1 + NORMAL_DIFF], "volume_ml": [1.0] * N,
+                 "inter_rater": [{"liver_dice": 0.9}] * N})
+    # B lists the cases in reverse order and has one extra case and one null value.
+    rows_b = [{"case": f"case_{i:02d}", "lesions": {"f1": float(b_f1[i])}, "volume_ml": 2.0,
+               "inter_rater": {"liver_dice": 0.9}} for i in reversed(range(N))]
+    rows_b[0]["lesions"]["f1"] = None  # case_19
+    rows_b.append({"case": "extra", "lesions": {"f1": 0.1}, "volume_ml": 2.0})
     result = compare_summaries(a, {"per_case": rows_b})
     assert result["n_cases"] == N and result["only_in_b"] == ["extra"] and result["only_in_a"] == []
-    assert result["skipped"] == ["volume_ml"]
+    assert result["skipped"] == ["volume_ml"]  # and inter_rater/... is not even considered
     (row,) = result["rows"]
-    assert row["metric"] == "tumour_dice" and row["n"] == N - 1 and row["n_dropped"] == 1
+    assert row["metric"] == "lesions/f1" and row["n"] == N - 1 and row["n_dropped"] == 1
     assert row["test"] == "t-test" and row["better"] == "A"
     assert row["p"] == pytest.approx(t_test_p_by_hand(NORMAL_DIFF[:-1]))
     assert row["p_adjusted"] == row["p"] and row["significant"] == (row["p"] <= 0.05)
