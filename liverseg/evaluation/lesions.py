@@ -1,8 +1,9 @@
 """Lesion detection metrics: lesions as connected components, N:M correspondences, per-case counts.
 
-Follows Chlebus et al. 2018 (Sci. Rep., Algorithm 1 and Fig. 2) and Hänsch et al. 2022: lesions that
-overlap are clustered into correspondences so that each correspondence's Dice is as high as it can
-be; a correspondence whose Dice exceeds θ is a hit. Every counting choice is written down in
+Follows Chlebus et al. 2018 (Sci. Rep., hit criterion and Fig. 2) and Hänsch et al. 2022: lesions
+that overlap are clustered into correspondences so that each correspondence's Dice is as high as it
+can be; a correspondence whose Dice exceeds θ is a hit. The clustering algorithm is ours (their
+Algorithm 1 is not published in text); it is described in :func:`match_lesions`. Every counting choice is written down in
 ``docs/lesion_metrics.md``; dataset-level pooling lives in :mod:`liverseg.evaluation.lesion_aggregate`.
 """
 from __future__ import annotations
@@ -52,12 +53,13 @@ def find_lesions(label: np.ndarray, lesion_label: int = 2, connectivity: int = 2
 def _overlap_pairs(ref: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (reference id, predicted id, overlapping voxels) with a non-zero overlap, from one pass."""
     both = (ref > 0) & (pred > 0)
-    pairs = np.stack([ref[both].astype(np.int64), pred[both].astype(np.int64)])
-    if pairs.shape[1] == 0:
+    r, p = ref[both].astype(np.int64), pred[both].astype(np.int64)
+    if r.size == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    unique, counts = np.unique(pairs, axis=1, return_counts=True)
-    return unique[0], unique[1], counts.astype(np.int64)
+    stride = int(p.max()) + 1
+    keys, counts = np.unique(r * stride + p, return_counts=True)
+    return keys // stride, keys % stride, counts.astype(np.int64)
 
 
 def _bipartite_groups(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
