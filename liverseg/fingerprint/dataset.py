@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from liverseg.data.integrity import IntegrityReport, verify_dataset
 from liverseg.errors import LiversegError
 from liverseg.fingerprint.case import DEFAULT_SAMPLES_PER_CASE, CaseFingerprint, compute_case_fingerprint, intensity_statistics
 from liverseg.fingerprint.plot import plot_fingerprint
@@ -206,13 +207,13 @@ def format_summary(fingerprint: dict[str, Any]) -> str:
     channels = ", ".join(fingerprint["channel_names"].values())
     lesion_d = s["lesion_diameter_mm"]
     lines = [
-        f"{fingerprint['dataset']}: {fingerprint['num_cases']} cases, channels: {channels} (all sizes z x y x x)",
-        f"spacing mm: median {_triple(s['spacing']['median'])}, min {_triple(s['spacing']['min'])}, max {_triple(s['spacing']['max'])}",
+        f"{fingerprint['dataset']}: {fingerprint['num_cases']} cases, channels: {channels}",
+        f"spacing (z, y, x) mm: median {_triple(s['spacing']['median'])}, min {_triple(s['spacing']['min'])}, max {_triple(s['spacing']['max'])}",
         f"anisotropy (slice / in-plane spacing): median {s['anisotropy']['median']:.3g}, max {s['anisotropy']['max']:.3g}",
-        f"shape: median {_triple(s['shape']['median'], '{:.0f}')}, after crop {_triple(s['shape_after_crop']['median'], '{:.0f}')}",
-        f"liver box mm: median {_triple(s['liver_extent_mm']['median'])}, p95 {_triple(s['liver_extent_mm']['p95'])}, "
+        f"shape (z, y, x): median {_triple(s['shape']['median'], '{:.0f}')}, after crop {_triple(s['shape_after_crop']['median'], '{:.0f}')}",
+        f"liver box (z, y, x) mm: median {_triple(s['liver_extent_mm']['median'])}, p95 {_triple(s['liver_extent_mm']['p95'])}, "
         f"max {_triple(s['liver_extent_mm']['max'])}",
-        f"lesion box mm: median {_triple(s['lesion_extent_mm']['median'])}, p95 {_triple(s['lesion_extent_mm']['p95'])}, "
+        f"lesion box (z, y, x) mm: median {_triple(s['lesion_extent_mm']['median'])}, p95 {_triple(s['lesion_extent_mm']['p95'])}, "
         f"max {_triple(s['lesion_extent_mm']['max'])}",
         f"lesions: {s['num_lesions']} (per case median {s['lesions_per_case']['median']:.3g}, max {s['lesions_per_case']['max']:.0f}; "
         f"{s['cases_without_lesions']} cases without), {s['lesions_at_least_10mm']} with diameter >= 10 mm"
@@ -223,13 +224,14 @@ def format_summary(fingerprint: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify(dataset: RawDataset | str | Path, num_workers: int = 1):
-    """Run the dataset integrity check: log its warnings, raise a LiversegError listing its errors."""
-    from liverseg.data.integrity import verify_dataset
+def check_dataset(dataset: RawDataset | str | Path, num_workers: int = 1) -> IntegrityReport:
+    """Run the dataset integrity check: log its warnings, raise a LiversegError listing its errors.
 
+    The fingerprint is only as good as the files, so this runs before measuring anything.
+    """
     report = verify_dataset(resolve_dataset(dataset), num_workers=num_workers)
-    for warning in report.warnings:
-        log.warning("%s", warning)
+    for problem in report.warnings:
+        log.warning("%s: %s (%s)", problem.path, problem.what, problem.fix)
     report.raise_if_errors()
     return report
 
@@ -237,7 +239,7 @@ def verify(dataset: RawDataset | str | Path, num_workers: int = 1):
 def write_fingerprint(
     dataset: RawDataset | str | Path,
     num_workers: int = 1,
-    verify_first: bool = True,
+    verify: bool = True,
     samples_per_case: int = DEFAULT_SAMPLES_PER_CASE,
     seed: int = 0,
     progress: bool = True,
@@ -247,8 +249,8 @@ def write_fingerprint(
     The files go to ``$LIVERSEG_PREPROCESSED/<dataset folder name>/``; returns the JSON path.
     """
     raw = resolve_dataset(dataset)
-    if verify_first:
-        verify(raw, num_workers)
+    if verify:
+        check_dataset(raw, num_workers)
     fingerprint = compute_fingerprint(raw, num_workers, samples_per_case, seed, progress)
     out_dir = preprocessed_root() / raw.name
     json_path = out_dir / FINGERPRINT_FILE
