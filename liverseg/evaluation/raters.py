@@ -53,10 +53,15 @@ def _nanmean(values: Sequence[float]) -> float:
         return float(np.nanmean(np.asarray(values, dtype=float))) if len(values) else math.nan
 
 
-def _mean_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean per scalar numeric key over rows (NaN-aware)."""
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)] if rows else []
-    return {k: _nanmean([row.get(k, math.nan) for row in rows]) for k in keys}
+def _mean_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean per numeric key over rows (NaN-aware), descending into nested dictionaries."""
+    result: dict[str, Any] = {}
+    for key, value in (rows[0].items() if rows else []):
+        if isinstance(value, Mapping):
+            result[key] = _mean_of([row[key] for row in rows if isinstance(row.get(key), Mapping)])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            result[key] = _nanmean([math.nan if row.get(key) is None else row[key] for row in rows])
+    return result
 
 
 def evaluate_case_raters(

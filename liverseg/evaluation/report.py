@@ -110,7 +110,7 @@ def _cell(stats: Mapping[str, Any] | None, metric: str, scale: float = 1.0) -> s
         text += f" ± {_number(std, metric, scale)}"
     excluded = stats.get("excluded", stats.get("n_excluded"))
     if excluded:
-        text += f" ({excluded} excluded)"
+        text += f" ({excluded:g} excluded)"
     return text
 
 

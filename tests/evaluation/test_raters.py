@@ -90,3 +90,17 @@ def test_folders_with_two_raters(tmp_path):
     table = markdown_table(summary)
     assert "vs anna" in table and "inter-rater" in table and "φ (Dice, α=0.1)" in table
     assert (tmp_path / "summary_per_case.csv").read_text().splitlines()[0].count("per_rater/anna/liver_dice") == 1
+
+
+def test_lesion_metrics_per_rater_and_between_raters(tmp_path):
+    pytest.importorskip("liverseg.evaluation.lesions")
+    r1, r2, prediction = _liver(0), _liver(1), _liver(1)
+    r1[2:4, 4:7, 3:6] = 2  # one lesion in rater 1 only
+    prediction[2:4, 4:7, 3:6] = 2
+    _write(tmp_path / "r1" / "c.nii.gz", r1)
+    _write(tmp_path / "r2" / "c.nii.gz", r2)
+    _write(tmp_path / "preds" / "c.nii.gz", prediction)
+    summary = evaluate_folders([tmp_path / "r1", tmp_path / "r2"], tmp_path / "preds", lesions=True)
+    assert summary["per_rater"]["r1"]["lesions"]["pooled"]["tp"] == 1
+    assert summary["per_rater"]["r2"]["lesions"]["pooled"]["fp"] == 1
+    assert summary["inter_rater"]["lesions"]["pooled"]["fn"] == 1  # rater 2 misses rater 1's lesion
