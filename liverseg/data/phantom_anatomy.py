@@ -84,7 +84,7 @@ class Anatomy:
         self.vertebra = Tube2D((spine_y, 0.0), (u(15, 19) * k, u(19, 24) * k))
         self.canal = Tube2D((spine_y + 27 * k, 0.0), (7 * k, 8 * k))
         self.spinous = Tube2D((spine_y + 45 * k, 0.0), (14 * k, 5 * k))
-        self.paraspinal = [Tube2D((spine_y + 37 * k, s * 36 * k), (24 * k, 25 * k)) for s in (-1, 1)]
+        self.paraspinal = [Tube2D((spine_y + 27 * k, s * 30 * k), (17 * k, 24 * k)) for s in (-1, 1)]
         self.psoas = [Tube2D((spine_y - 4 * k, s * 34 * k), (13 * k, 14 * k)) for s in (-1, 1)]
         self.vertebra_height, self.disc_height = u(27, 32) * k, u(7, 10) * k
         self.vertebra_phase = u(0, 40)

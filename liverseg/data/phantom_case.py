@@ -13,6 +13,7 @@ three in-plane voxels so every drawn lesion is visible. ``lesion_diameters_mm`` 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ from liverseg.data.phantom_geometry import Grid, SmoothField
 from liverseg.data.phantom_liver import Liver
 from liverseg.data.phantom_render import render_body, render_liver, render_organs
 from liverseg.errors import LiversegError
+
+try:  # a dependency of scikit-learn, itself one of batchgenerators; only speed depends on it
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 SIZES = ("tiny", "small", "full")
 INPLANE_SPACING = (0.68, 1.4)  # mm, the ATLAS ranges
@@ -113,6 +119,12 @@ def generate_case(index: int, seed: int = 0, size: str = "tiny") -> PhantomCase:
     """
     if size not in SIZES:
         raise LiversegError(f"unknown phantom size '{size}'; use one of {', '.join(SIZES)}")
+    # The smooth fields are small matrix products: BLAS threads only fight the worker processes.
+    with threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext():
+        return _generate(index, seed, size)
+
+
+def _generate(index: int, seed: int, size: str) -> PhantomCase:
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), int(index)]).spawn(3)]
     body_rng, scan_rng, noise_rng = streams
     scan = _draw_scan(scan_rng, size)

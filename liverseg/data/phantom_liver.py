@@ -1,7 +1,7 @@
 """The phantom's liver: an irregular lobed shape of a drawn volume, its vessels, and its tumours.
 
-The liver is a smooth union of four ellipsoidal lobes (right, left medial, left lateral, caudate)
-with a random surface deformation, pressed against the diaphragm and the abdominal wall and carved
+The liver is a smooth union of five ellipsoidal lobes (right with its inferior tip, left medial,
+left lateral, caudate) with a random surface deformation, pressed against the diaphragm and the abdominal wall and carved
 by its neighbours (kidneys, stomach, vena cava, aorta, gallbladder). Its size is scaled until a
 coarse 4 mm evaluation has the drawn volume. Tumours are lobulated ellipsoids placed inside it or
 across its surface; the liver region (labels 1 and 2) always contains every tumour voxel. Vessel
@@ -36,17 +36,6 @@ class Lesion:
         return self.blob.sdf(grid) + np.float32(0.1 * self.diameter) * self.lobulation(grid)
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-9)
-
-
-def _turn(rng: np.random.Generator, direction: np.ndarray, degrees: float) -> np.ndarray:
-    """A unit vector ``degrees`` away from ``direction`` around a random axis."""
-    side = _unit(np.cross(direction, _unit(rng.standard_normal(3))))
-    angle = np.deg2rad(degrees)
-    return _unit(np.cos(angle) * direction + np.sin(angle) * side)
-
-
 class Liver:
     """Shape, vessels and lesions of one phantom liver (body-frame mm)."""
 
@@ -61,20 +50,21 @@ class Liver:
             Blob((-u(40, 60), -0.40 * b, 0.02 * a), (u(40, 55), 0.36 * b, 0.32 * a), rotation(rng, 15)),
             Blob((-u(30, 50), -0.36 * b, u(0.25, 0.38) * a), (u(22, 35), 0.22 * b, u(0.18, 0.30) * a), rotation(rng, 20)),
             Blob((-u(45, 65), 0.22 * b, -0.10 * a), (u(30, 45), 20.0, 22.0), rotation(rng, 15)),
+            Blob((-u(120, 150), -0.05 * b, -u(0.45, 0.6) * a), (u(25, 40), 0.45 * b, 0.22 * a), rotation(rng, 20)),
         ]
         self.anchor = np.asarray(self._lobes_unit[0].center)
         lo, hi = self._box_of(self._lobes_unit, 1.3, 40.0)
         self.surface = SmoothField(rng, lo, hi, 45.0)
         self.surface_amplitude = u(3, 8)
         self.texture = SmoothField(rng, lo, hi, 10.0)
+        self.gallbladder: Blob | None = None
         self.scale = 1.0
         for _ in range(3):
             coarse = regular_grid(*self._box_of(self.lobes, 1.0, 20.0), COARSE_STEP)
             volume = float(np.count_nonzero(self.sdf(coarse) < 0)) * COARSE_STEP**3 / 1000
             self.scale *= float(np.clip((volume_ml / max(volume, 1.0)) ** (1 / 3), 0.7, 1.4))
-        right = self.lobes[0]
-        self.gallbladder = None
-        if rng.random() < 0.8:
+        if rng.random() < 0.8:  # the others had their gallbladder removed
+            right = self.lobes[0]
             offset = np.array([-0.6, -0.55, 0.45]) * np.asarray(right.radii)
             self.gallbladder = Blob(tuple(np.asarray(right.center) + offset), (u(25, 40), u(12, 18), u(12, 18)), rotation(rng, 30))
         self.coarse = regular_grid(*self.box(), COARSE_STEP)
@@ -113,10 +103,10 @@ class Liver:
         an = self.anatomy
         np.maximum(f, np.float32(2.0) - an.cavity_depth(grid), out=f)
         np.maximum(f, an.below_diaphragm(grid), out=f)
-        np.maximum(f, np.float32(4.0) - an.ivc.sdf(grid), out=f)
+        np.maximum(f, np.float32(1.0) - an.ivc.sdf(grid), out=f)
         np.maximum(f, np.float32(5.0) - an.aorta.sdf(grid), out=f)
         np.maximum(f, np.float32(6.0) - an.vertebra.sdf(grid), out=f)
-        carved = an.kidneys + [an.stomach] + ([self.gallbladder] if getattr(self, "gallbladder", None) else [])
+        carved = an.kidneys + [an.stomach] + ([self.gallbladder] if self.gallbladder is not None else [])
         for blob in carved:
             found = grid.crop(*blob.box(8.0))
             if found is not None:
@@ -157,7 +147,8 @@ class Liver:
             if touching:
                 prev = lesions[-1]
                 for _ in range(8):
-                    c = np.asarray(prev.blob.center) + _turn(rng, np.array([1.0, 0, 0]), rng.uniform(0, 180)) * (prev.diameter / 2 + r) * 0.9
+                    direction = rng.standard_normal(3)
+                    c = np.asarray(prev.blob.center) + direction / np.linalg.norm(direction) * (prev.diameter / 2 + r) * 0.9
                     if self._value_at(coarse_f, c) < -0.3 * r:
                         center = c
                         break
@@ -169,13 +160,14 @@ class Liver:
                 if len(points) == 0:
                     break
                 center = points[rng.integers(len(points))] + rng.uniform(-2, 2, 3)
-            radii = tuple(r * rng.uniform(0.85, 1.15, 3))
+            stretch = rng.uniform(0.85, 1.15, 3)
+            radii = tuple(r * stretch / np.prod(stretch) ** (1 / 3))  # keeps the drawn diameter
             contrast = rng.uniform(1.3, 1.7) if bright else rng.uniform(0.45, 0.8)
             rim = rng.uniform(0.2, 0.5) if rng.random() < 0.3 else 0.0
             necrosis = rng.uniform(0.3, 0.7) if diameter > 30 and rng.random() < 0.5 else 1.0
             blob = Blob(tuple(center), radii, rotation(rng, 90))
             field = SmoothField(rng, *blob.box(10.0), max(r, 4.0))
-            lesions.append(Lesion(blob, 2 * float(np.prod(radii)) ** (1 / 3), float(contrast), float(rim), float(necrosis), field))
+            lesions.append(Lesion(blob, diameter, float(contrast), float(rim), float(necrosis), field))
         return lesions
 
     def _value_at(self, coarse_f: np.ndarray, point: np.ndarray) -> float:

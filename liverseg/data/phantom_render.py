@@ -124,7 +124,7 @@ def render_organs(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tiss
     _paint_tube(image, grid, anatomy.spinous, tissues.marrow * 0.8, z_lo, z_hi)
     _paint_tube(image, grid, anatomy.canal, tissues.csf, z_lo, z_hi)
     _paint_tube(image, grid, anatomy.aorta, tissues.aorta, z_lo, z_hi)
-    _paint_tube(image, grid, anatomy.ivc, tissues.aorta * 0.9, z_lo, z_hi)
+    _paint_tube(image, grid, anatomy.ivc, tissues.liver_vessels, z_lo, z_hi)
     for kidney in anatomy.kidneys:
         _paint_blob(image, grid, kidney, tissues.fat, shell=8.0)
         _paint_blob(image, grid, kidney, tissues.kidney_cortex)
