@@ -57,6 +57,8 @@ def resample_image(
         raise ValueError(f"expected a (c, z, y, x) image, got shape {image.shape}")
     _check_order("order_inplane", order_inplane)
     _check_order("order_z", order_z)
+    if tuple(image.shape[1:]) == _shape(new_shape):
+        return image.astype(np.float32, copy=True)
     data = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     with torch.inference_mode():
         out = _resample(data, _shape(new_shape), order_inplane, *_z_policy(order_inplane, order_z, separate_z))
@@ -119,14 +121,34 @@ def resample_label(
     total = torch.zeros(new_shape, dtype=torch.float32)
     with torch.inference_mode():
         for value in by_frequency[1:]:
-            indicator = torch.from_numpy((label == value).astype(np.float32))[None]
-            fraction = _resample(indicator, new_shape, 1, z_order, z_antialias)[0]
-            wins = fraction > best
-            best = torch.where(wins, fraction, best)
-            out[wins.numpy()] = value
-            total += fraction
+            fraction, slab = _label_fraction(label == value, new_shape, z_order, z_antialias)
+            wins = fraction > best[slab]
+            best[slab] = torch.where(wins, fraction, best[slab])
+            out[slab][wins.numpy()] = value
+            total[slab] += fraction
         out[((1.0 - total) >= best).numpy()] = by_frequency[0]
     return out
+
+
+def _label_fraction(
+    indicator: np.ndarray, new_shape: tuple[int, int, int], order_z: int, z_antialias: bool
+) -> tuple[torch.Tensor, slice]:
+    """Linearly resampled indicator of one label and the output slices outside which it is zero.
+
+    The in-plane pass runs only on the slices holding the label (a tumour spans a few): empty
+    slices stay zero in-plane, so this is exact.
+    """
+    z = indicator.shape[0]
+    present = np.flatnonzero(indicator.any(axis=(1, 2)))
+    z0, z1 = int(present[0]), int(present[-1]) + 1
+    _, ny, nx = new_shape
+    slab = torch.from_numpy(indicator[z0:z1].astype(np.float32))[None]
+    inplane = _resample(slab, (z1 - z0, ny, nx), 1, order_z, z_antialias)
+    if new_shape[0] == z:
+        return inplane[0], slice(z0, z1)
+    full = torch.zeros((1, z, ny, nx), dtype=torch.float32)
+    full[:, z0:z1] = inplane
+    return _resample(full, new_shape, 1, order_z, z_antialias)[0], slice(0, new_shape[0])
 
 
 def _z_policy(order_inplane: int, order_z: int, separate_z: bool) -> tuple[int, bool]:
@@ -139,7 +161,7 @@ def _z_policy(order_inplane: int, order_z: int, separate_z: bool) -> tuple[int, 
 def _resample(
     data: torch.Tensor, new_shape: tuple[int, int, int], order_inplane: int, order_z: int, z_antialias: bool
 ) -> torch.Tensor:
-    """Two-pass resampling of a float32 ``(c, z, y, x)`` tensor (no copies when nothing changes)."""
+    """Two-pass resampling of a float32 ``(c, z, y, x)`` tensor; passes with nothing to do are skipped."""
     c, z, y, x = data.shape
     nz, ny, nx = new_shape
     if (ny, nx) != (y, x):
@@ -151,8 +173,6 @@ def _resample(
         # torch's kernels treat as an exact identity, so this interpolates along z alone.
         columns = data.reshape(1, c, z, ny * nx)
         data = _interpolate(columns, (nz, ny * nx), order_z, z_antialias).reshape(c, nz, ny, nx)
-    elif new_shape == (z, y, x):
-        data = data.clone()  # never hand back the caller's memory
     return data
 
 
