@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="default", choices=profile_names(),
                         help="metric definitions and empty-mask rule: 'atlas' as the ATLAS 2023 challenge, "
                         "'default' (= 'lesion') with Dice 1 for two empty masks (default: %(default)s)")
-    parser.add_argument("--tolerance-mm", type=float, default=5.0, help="Surface Dice tolerance in mm (default: %(default)s)")
+    parser.add_argument("--tolerance-mm", type=float, default=5.0,
+                        help="Surface Dice tolerance in mm (default: %(default)s)")
     parser.add_argument("--hd95", choices=HD95_DEFINITIONS, help="override the profile's HD95 definition")
     parser.add_argument("--assd", choices=ASSD_DEFINITIONS, help="override the profile's ASSD definition")
     parser.add_argument("--distance-surface", choices=SURFACES,

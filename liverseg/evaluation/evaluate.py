@@ -53,7 +53,8 @@ def lesion_module() -> ModuleType | None:
     except ModuleNotFoundError as e:
         if e.name != LESION_MODULE:
             raise
-        log.warning("lesion detection metrics are unavailable (%s is missing); evaluating segmentation only", LESION_MODULE)
+        log.warning("lesion detection metrics are unavailable (%s is missing); evaluating segmentation only",
+                    LESION_MODULE)
         return None
 
 
@@ -78,8 +79,8 @@ def geometry_problem(reference: Geometry, prediction: Geometry, tolerance: float
         a, b = np.asarray(getattr(reference, name)), np.asarray(getattr(prediction, name))
         difference = float(np.max(np.abs(a - b)))
         if difference > tolerance:
-            return (f"{name} {tuple(np.round(b, 4).tolist())} differs from the reference's {tuple(np.round(a, 4).tolist())} "
-                    f"(by up to {difference:.4g}{unit}, tolerance {tolerance:g})")
+            return (f"{name} {tuple(np.round(b, 4).tolist())} differs from the reference's "
+                    f"{tuple(np.round(a, 4).tolist())} (by up to {difference:.4g}{unit}, tolerance {tolerance:g})")
     return ""
 
 
@@ -97,8 +98,9 @@ def evaluate_files(files: CaseFiles, settings: _Settings) -> dict[str, Any]:
         problem = geometry_problem(reference_geometry, prediction_geometry, settings.geometry_tolerance)
         if problem:
             raise LiversegError(
-                f"case {files.case}: prediction {files.prediction} does not lie on the grid of reference {path}: {problem}. "
-                "Predictions must be written in the reference image's geometry (resample them back before evaluating)"
+                f"case {files.case}: prediction {files.prediction} does not lie on the grid of reference {path}: "
+                f"{problem}. Predictions must be written in the reference image's geometry "
+                "(resample them back before evaluating)"
             )
         references.append(reference)
     spacing = reference_geometry.spacing
@@ -106,7 +108,8 @@ def evaluate_files(files: CaseFiles, settings: _Settings) -> dict[str, Any]:
     row: dict[str, Any] = {"case": files.case, "prediction": str(files.prediction)}
     if len(references) == 1:
         row["reference"] = str(files.references[0])
-        row.update(evaluate_case(references[0], prediction, spacing, settings.profile, settings.tolerance_mm, settings.threads))
+        row.update(evaluate_case(references[0], prediction, spacing, settings.profile, settings.tolerance_mm,
+                                 settings.threads))
         if lesion_metrics is not None:
             # Hook for the lesion detection metrics (liverseg.evaluation.lesions), per case.
             row["lesions"] = lesion_metrics(references[0], prediction, spacing)
@@ -186,7 +189,8 @@ def evaluate_folders(
         summary.update(summarise_raters(rows, names, aggregate))
     else:
         summary["metrics"] = describe_metrics(rows)
-        summary["tumor_burden_rmse"] = rmse([r["tumor_burden_reference"] for r in rows], [r["tumor_burden_prediction"] for r in rows])
+        summary["tumor_burden_rmse"] = rmse([r["tumor_burden_reference"] for r in rows],
+                                            [r["tumor_burden_prediction"] for r in rows])
         if use_lesions:
             summary["lesions"] = _lesion_aggregator()([r["lesions"] for r in rows])
     summary["per_case"] = rows

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from liverseg.errors import LiversegError
-from liverseg.io.images import image_suffix
+from liverseg.io.images import IMAGE_SUFFIXES, image_suffix
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def match_cases(references: str | Path | Sequence[str | Path], prediction: str |
         raise LiversegError(f"{prediction_dir}: prediction folder not found")
     predictions = files_by_key(prediction_dir, "prediction")
     if not predictions:
-        raise LiversegError(f"{prediction_dir}: no image files ({', '.join(('.nii.gz', '.nii', '.nrrd', '.mha'))}) to evaluate")
+        raise LiversegError(f"{prediction_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) to evaluate")
     per_rater = []
     for directory in reference_dirs:
         directory = label_folder(directory)
@@ -102,8 +102,8 @@ def match_cases(references: str | Path | Sequence[str | Path], prediction: str |
             )
         unused = sorted(path.name for k, path in labels.items() if k not in predictions)
         if unused:
-            log.warning("%s: %d reference case(s) have no prediction and are not evaluated (%s%s)", directory, len(unused),
-                        ", ".join(unused[:5]), ", ..." if len(unused) > 5 else "")
+            log.warning("%s: %d reference case(s) have no prediction and are not evaluated (%s%s)",
+                        directory, len(unused), ", ".join(unused[:5]), ", ..." if len(unused) > 5 else "")
         per_rater.append(labels)
     return [
         CaseFiles(case=case_name(path), references=tuple(labels[key] for labels in per_rater), prediction=path)

@@ -65,7 +65,9 @@ def _area_weighted_percentile(values: np.ndarray, weights: np.ndarray, percentil
     return float(values[order][min(index, values.size - 1)])
 
 
-def hausdorff_percentile(distances: SurfaceDistances, percentile: float = 95.0, definition: str = "max_directed") -> float:
+def hausdorff_percentile(
+    distances: SurfaceDistances, percentile: float = 95.0, definition: str = "max_directed"
+) -> float:
     """Robust Hausdorff distance (HD95 at the default ``percentile``) under one of three definitions.
 
     ``pooled``: percentile of the distances of both directions together (MedPy ``hd95``).
@@ -168,7 +170,9 @@ def structure_metrics(
             surfaces[kind] = surface_distances(reference, prediction, spacing, kind=kind, threads=threads)
         return surfaces[kind]
 
-    result["surface_dice"] = surface_dice(distances(profile.surface_dice_surface), tolerance_mm, profile.both_empty_overlap)
+    result["surface_dice"] = surface_dice(
+        distances(profile.surface_dice_surface), tolerance_mm, profile.both_empty_overlap
+    )
     dist = distances(profile.distance_surface)
     result["hd"] = hausdorff(dist)
     hd95_surface = "surfels" if profile.hd95 == "area_weighted" else profile.distance_surface
@@ -198,7 +202,9 @@ def evaluate_case(
     reference_label = check_label(reference_label, "reference")
     predicted_label = check_label(predicted_label, "prediction")
     if reference_label.shape != predicted_label.shape:
-        raise LiversegError(f"reference shape {reference_label.shape} differs from prediction shape {predicted_label.shape}")
+        raise LiversegError(
+            f"reference shape {reference_label.shape} differs from prediction shape {predicted_label.shape}"
+        )
     result: dict[str, float] = {}
     # Everything of interest lies in the box of both foregrounds; work there to save time.
     box = union_bounding_box(reference_label > 0, predicted_label > 0)

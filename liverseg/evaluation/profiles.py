@@ -53,7 +53,9 @@ class MetricProfile:
         ):
             value = getattr(self, field)
             if value not in allowed:
-                raise LiversegError(f"metric profile '{self.name}': {field} '{value}' is not one of {', '.join(allowed)}")
+                raise LiversegError(
+                    f"metric profile '{self.name}': {field} '{value}' is not one of {', '.join(allowed)}"
+                )
         if not (math.isnan(self.both_empty_overlap) or self.both_empty_overlap == 1.0):
             raise LiversegError(
                 f"metric profile '{self.name}': both_empty_overlap must be NaN (exclude the case) or 1.0, "

@@ -38,7 +38,8 @@ def rater_names(folders: Sequence[str | Path]) -> list[str]:
 
 def phi(algorithm_dice: Sequence[float], inter_rater_dice: Sequence[float], alpha: float = ALPHA) -> float:
     """Uncertainty-aware score from the Dice values against each rater and between rater pairs."""
-    if len(algorithm_dice) == 0 or len(inter_rater_dice) == 0 or any(math.isnan(d) for d in [*algorithm_dice, *inter_rater_dice]):
+    values = [*algorithm_dice, *inter_rater_dice]
+    if len(algorithm_dice) == 0 or len(inter_rater_dice) == 0 or any(math.isnan(d) for d in values):
         return math.nan
     error = 1.0 - float(np.mean(algorithm_dice))
     inter_error = 1.0 - float(np.mean(inter_rater_dice))
@@ -83,7 +84,8 @@ def evaluate_case_raters(
     """
     if len(references) < 2 or len(references) != len(names):
         raise ValueError("need at least two references and one name per reference")
-    per_rater = {name: evaluate_case(ref, prediction, spacing, profile, tolerance_mm, threads) for name, ref in zip(names, references)}
+    per_rater = {name: evaluate_case(ref, prediction, spacing, profile, tolerance_mm, threads)
+                 for name, ref in zip(names, references)}
     pairs = list(itertools.combinations(range(len(references)), 2))
     pair_rows = [evaluate_case(references[i], references[j], spacing, profile, tolerance_mm, threads) for i, j in pairs]
     mean_over_raters = _mean_of(list(per_rater.values()))
@@ -91,7 +93,8 @@ def evaluate_case_raters(
     result: dict[str, Any] = dict(mean_over_raters)
     for structure in STRUCTURES:
         key = f"{structure}_dice"
-        result[f"{structure}_phi"] = phi([row[key] for row in per_rater.values()], [row[key] for row in pair_rows], alpha)
+        result[f"{structure}_phi"] = phi([row[key] for row in per_rater.values()],
+                                         [row[key] for row in pair_rows], alpha)
     # Burden pairs for the inter-rater RMSE: rater i's burden is the "reference", rater j's the "prediction".
     inter_rater["burden_pairs"] = [[row["tumor_burden_reference"], row["tumor_burden_prediction"]] for row in pair_rows]
     if lesion_metrics is not None:
@@ -115,14 +118,16 @@ def summarise_raters(
         rows = [case["per_rater"][name] for case in cases]
         entry: dict[str, Any] = {
             "metrics": describe_metrics(rows),
-            "tumor_burden_rmse": rmse([r["tumor_burden_reference"] for r in rows], [r["tumor_burden_prediction"] for r in rows]),
+            "tumor_burden_rmse": rmse([r["tumor_burden_reference"] for r in rows],
+                                      [r["tumor_burden_prediction"] for r in rows]),
         }
         if aggregate_lesions is not None and all("lesions" in r for r in rows):
             entry["lesions"] = aggregate_lesions([r["lesions"] for r in rows])
         per_rater[name] = entry
     num_pairs = len(names) * (len(names) - 1) // 2
     pair_rmse = [
-        rmse([case["inter_rater"]["burden_pairs"][p][0] for case in cases], [case["inter_rater"]["burden_pairs"][p][1] for case in cases])
+        rmse([case["inter_rater"]["burden_pairs"][p][0] for case in cases],
+             [case["inter_rater"]["burden_pairs"][p][1] for case in cases])
         for p in range(num_pairs)
     ]
     inter_rater: dict[str, Any] = {

@@ -19,7 +19,8 @@ from liverseg.io.atomic import atomic_output
 # Rows of the table, in the layout of Table 2 of Lambert et al. 2023 (ATLAS): per region, metrics
 # in alphabetical order; HD95 is ours (the challenge reports the maximum HD only).
 _ROW_METRICS = ("assd", "dice", "hd", "hd95", "surface_dice")
-_LABELS = {"assd": "ASD (mm) ↓", "dice": "Dice ↑", "hd": "HD (mm) ↓", "hd95": "HD95 (mm) ↓", "surface_dice": "SD ↑"}
+_LABELS = {"assd": "ASD (mm) ↓", "dice": "Dice ↑", "hd": "HD (mm) ↓", "hd95": "HD95 (mm) ↓",
+           "surface_dice": "SD ↑"}
 _ATLAS_SCALE = {"dice": 100.0, "surface_dice": 100.0}
 _REGIONS = {"liver": "Liver", "tumor": "Tumor"}
 
@@ -40,10 +41,13 @@ def describe(values: Iterable[float]) -> dict[str, float | int]:
 
 def metric_keys() -> list[str]:
     """Per-case keys of the segmentation metrics, e.g. ``liver_dice``."""
-    return [f"{s}_{m}" for s in STRUCTURES for m in SEGMENTATION_METRICS] + ["tumor_burden_reference", "tumor_burden_prediction", "tumor_burden_abs_error"]
+    return [f"{s}_{m}" for s in STRUCTURES for m in SEGMENTATION_METRICS] + [
+        "tumor_burden_reference", "tumor_burden_prediction", "tumor_burden_abs_error"]
 
 
-def describe_metrics(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None) -> dict[str, dict[str, float | int]]:
+def describe_metrics(
+    rows: Sequence[Mapping[str, Any]], keys: Sequence[str] | None = None
+) -> dict[str, dict[str, float | int]]:
     """:func:`describe` of each metric over the cases."""
     return {key: describe(row.get(key, math.nan) for row in rows) for key in (keys or metric_keys())}
 
@@ -127,7 +131,8 @@ def _segmentation_rows(columns: list[tuple[Mapping[str, Any], float | None]], to
     for structure in STRUCTURES:
         for metric in _ROW_METRICS:
             label = _LABELS[metric] + (f" @{tolerance_mm:g} mm" if metric == "surface_dice" else "")
-            cells = [_cell(stats.get(f"{structure}_{metric}"), metric, _ATLAS_SCALE.get(metric, 1.0) if i in scale_columns else 1.0)
+            cells = [_cell(stats.get(f"{structure}_{metric}"), metric,
+                           _ATLAS_SCALE.get(metric, 1.0) if i in scale_columns else 1.0)
                      for i, (stats, _) in enumerate(columns)]
             rows.append([_REGIONS[structure], label] + cells)
     rows.append(["Tumor", "RMSE (tumour burden) ↓"]
@@ -190,7 +195,8 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             columns.append(columns[0])
             header.append("ATLAS units (×100: Dice, SD, RMSE)")
             scaled = {1}
-        lines += _table(header, _segmentation_rows(columns, tolerance, scaled) + _lesion_rows([summary.get("lesions")] + [None] * (len(columns) - 1)))
+        lesions = [summary.get("lesions")] + [None] * (len(columns) - 1)
+        lines += _table(header, _segmentation_rows(columns, tolerance, scaled) + _lesion_rows(lesions))
     else:
         raters = list(summary["raters"])
         per_rater = summary["per_rater"]

@@ -11,8 +11,9 @@ The field uses two surface models, and they give different numbers:
 
 The border of the volume counts as surface: masks are padded with background before eroding or
 coding. Distances are Euclidean distance transforms (``edt``) of one surface, read at the points of
-the other, rounded to 1e-5 mm (edt works in float32). They are computed on the bounding box of the union of both masks plus one voxel, which
-holds every surface point of both masks, so the distances on the crop are exact.
+the other, rounded to 1e-5 mm (edt works in float32). They are computed on the bounding box of the
+union of both masks plus one voxel, which holds every surface point of both masks, so the distances
+on the crop are exact.
 """
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def _triangulations(n: int) -> list[list[tuple[int, int, int]]]:
     def between(i: int, j: int) -> tuple[tuple[tuple[int, int, int], ...], ...]:
         if j - i < 2:
             return ((),)
-        return tuple(left + right + ((i, k, j),) for k in range(i + 1, j) for left in between(i, k) for right in between(k, j))
+        return tuple(left + right + ((i, k, j),)
+                     for k in range(i + 1, j) for left in between(i, k) for right in between(k, j))
 
     return [list(t) for t in between(0, n - 1)]
 
