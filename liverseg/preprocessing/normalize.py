@@ -115,7 +115,8 @@ def ct(channel: np.ndarray, stats: dict[str, Any] | None) -> np.ndarray:
 def body_mask(image: np.ndarray) -> np.ndarray:
     """Boolean ``(z, y, x)`` mask of the body in an MRI (or CT) volume whose background is noise.
 
-    An Otsu threshold separates body from air; the largest connected part is kept (noise specks
+    An Otsu threshold on log intensities separates body from air (on raw intensities it would
+    often split bright fat from the rest of the body); the largest connected part is kept (noise specks
     and bright artefacts outside vanish) and holes are filled slice by slice (lungs, bowel gas
     and dark bone inside the body are body, though the lungs open to the top of the volume).
     Works on a copy subsampled in-plane to about 128 pixels and refines the surface at full
@@ -126,8 +127,7 @@ def body_mask(image: np.ndarray) -> np.ndarray:
     stride = max(1, min(image.shape[1], image.shape[2]) // _MASK_WORKING_SIZE)
     # Sample the centre of each stride x stride block, so the block stands for its own area.
     small = np.ascontiguousarray(image[:, stride // 2 :: stride, stride // 2 :: stride], dtype=np.float32)
-    # Otsu on log intensities: the log squeezes bright fat and vessels together with the other
-    # tissue, so the split falls between air and body rather than inside the body.
+    # The log squeezes bright fat and vessels together with the other tissue.
     offset = float(small.min()) - 1.0
     threshold = float(np.exp(otsu_threshold(np.log(small - offset))) + offset)
     mask = small > threshold
@@ -169,11 +169,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def _body_values(channel: np.ndarray) -> np.ndarray:
-    mask = body_mask(channel)
-    values = channel[mask]
-    if values.size == 0:  # pragma: no cover - body_mask never returns an empty mask
-        values = channel.ravel()
-    return values.astype(np.float64, copy=False)
+    return channel[body_mask(channel)].astype(np.float64)
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
