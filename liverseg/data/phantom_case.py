@@ -70,9 +70,12 @@ class _Scan:
     def grid(self, liver_top: float, liver_bottom: float) -> Grid:
         """Body-frame voxel centres, the scan placed in z to cover the liver (with some margin)."""
         height = self.fov[0]
-        spare = height - (liver_top - liver_bottom)
-        top = liver_top + (min(spare * self.top_fraction, 60.0) if spare >= 0 else spare / 2)
         steps = [f / n for f, n in zip(self.fov, self.shape)]
+        spare = height - (liver_top - liver_bottom)
+        if spare >= 0:  # some lung above the dome, at least a slice and a half when there is room
+            top = liver_top + float(np.clip(spare * self.top_fraction, min(1.5 * steps[0], spare / 2), 60.0))
+        else:
+            top = liver_top + spare / 2
         z = top - height + (np.arange(self.shape[0]) + 0.5) * steps[0]
         y = self.shift_yx[0] + (np.arange(self.shape[1]) - (self.shape[1] - 1) / 2) * steps[1]
         x = self.shift_yx[1] + (np.arange(self.shape[2]) - (self.shape[2] - 1) / 2) * steps[2]
