@@ -90,6 +90,7 @@ class Anatomy:
         self.vertebra_phase = u(0, 40)
         self.aorta = Tube2D((spine_y - 30 * k, u(10, 20) * k), (u(9, 12) * k,) * 2)
         self.ivc = Tube2D((spine_y - 32 * k, -u(20, 28) * k), (u(9, 12) * k, u(12, 16) * k))
+        self.mediastinum = Tube2D((spine_y - 28 * k, -4 * k), (u(28, 38) * k, u(38, 48) * k))  # fat around them, no lung
 
         self.kidneys = [
             Blob((-u(115, 135), spine_y + 2 * k, -u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)).bumpy(rng, 2.0, 30.0),

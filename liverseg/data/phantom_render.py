@@ -86,7 +86,9 @@ def _render_lungs(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tiss
     sl, sub = found
     # The lungs fill the cavity above the diaphragm; a thick slice through the dome is partly lung.
     above = np.clip(np.float32(0.5) + anatomy.below_diaphragm(sub, gap=0.0) / np.float32(grid.step[0]), 0, 1)
-    paint(image, sl, above * in_cavity[sl], tissues.lung)
+    above *= in_cavity[sl]
+    above *= 1 - occupancy(anatomy.mediastinum.sdf(sub), grid.edge_width)
+    paint(image, sl, above, tissues.lung)
     heart = anatomy.heart
     found = grid.crop(*heart.box(5.0))
     if found is not None:

@@ -45,6 +45,8 @@ def test_dataset_on_disk_is_consistent(tmp_path):
         np.testing.assert_array_equal(image, generated.image)
         np.testing.assert_array_equal(label, generated.label)
         np.testing.assert_allclose(image_geometry.original_direction, generated.direction, atol=1e-9)
+        np.testing.assert_allclose(image_geometry.origin, generated.origin, atol=1e-4)
+        np.testing.assert_allclose(image_geometry.spacing, generated.spacing, atol=1e-6)
 
 
 def test_tumours_lie_within_the_liver(tiny_cases):
@@ -94,6 +96,15 @@ def test_set_is_heterogeneous(tiny_cases):
     # Arbitrary intensity scales: the brightest voxel varies a lot between cases.
     maxima = [float(c.image.max()) for c in tiny_cases]
     assert max(maxima) > 2 * min(maxima)
+
+
+@pytest.mark.parametrize("size, slices, inplane", [("tiny", (14, 18), (40, 56)), ("small", (30, 34), (120, 136))])
+def test_reduced_sizes(size, slices, inplane):
+    case = generate_case(4, seed=1, size=size)
+    nz, ny, nx = case.image.shape
+    assert slices[0] <= nz <= slices[1] and inplane[0] <= ny <= inplane[1] and inplane[0] <= nx <= inplane[1]
+    # The shrunken patient still has a liver of a visible size: a few percent of the volume.
+    assert 0.01 < np.count_nonzero(case.label) / case.label.size < 0.4
 
 
 def test_cases_are_deterministic(tmp_path):
