@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tiny: about 48x48x16, for tests (default full)")
     parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default: number of CPUs, at most 4)")
-    parser.add_argument("--preview", action="store_true", help="also write <dataset>/preview.png, a montage of slices with label outlines")
+    parser.add_argument("--preview", action="store_true",
+                        help="also write <dataset>/preview.png, a montage of slices with label outlines")
     parser.add_argument("--output-dir", help="parent folder of the dataset (default: $LIVERSEG_RAW)")
     parser.add_argument("--overwrite", action="store_true", help="replace the cases of an existing dataset folder")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -78,7 +78,9 @@ def _prepare_folder(root: Path, overwrite: bool) -> None:
         raise LiversegError(f"{root}: exists and is not a folder; choose another dataset name or --output-dir")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise LiversegError(f"{root}: dataset folder exists and is not empty; pass --overwrite to replace it, or choose another name")
+            raise LiversegError(
+                f"{root}: dataset folder exists and is not empty; pass --overwrite to replace it, or choose another name"
+            )
         log.info("overwriting %s", root)
         for name in ("imagesTr", "labelsTr"):
             shutil.rmtree(root / name, ignore_errors=True)

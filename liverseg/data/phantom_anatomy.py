@@ -92,14 +92,17 @@ class Anatomy:
         self.ivc = Tube2D((spine_y - 32 * k, -u(20, 28) * k), (u(9, 12) * k, u(12, 16) * k))
         self.mediastinum = Tube2D((spine_y - 28 * k, -4 * k), (u(28, 38) * k, u(38, 48) * k))  # fat around them, no lung
 
+        def organ(center: Vec3, radii: Vec3, tilt: float, bump_mm: float, bump_length: float) -> Blob:
+            return Blob(center, radii, rotation(rng, tilt)).bumpy(rng, bump_mm, bump_length)
+
         self.kidneys = [
-            Blob((-u(115, 135), spine_y + 2 * k, -u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)).bumpy(rng, 2.0, 30.0),
-            Blob((-u(100, 120), spine_y + 2 * k, u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), rotation(rng, 15)).bumpy(rng, 2.0, 30.0),
+            organ((-u(115, 135), spine_y + 2 * k, -u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), 15, 2.0, 30.0),
+            organ((-u(100, 120), spine_y + 2 * k, u(62, 75) * k), (u(50, 60) * k, 25 * k, 28 * k), 15, 2.0, 30.0),
         ]
-        self.spleen = Blob((-u(40, 65), 0.30 * b, 0.58 * a), (u(45, 60) * k, u(45, 60) * k, u(20, 28) * k), rotation(rng, 25)).bumpy(rng, 5.0, 35.0)
-        self.stomach = Blob((-u(35, 60), -0.15 * b, 0.28 * a), (u(40, 60) * k, u(30, 45) * k, u(35, 45) * k), rotation(rng, 20)).bumpy(rng, 8.0, 40.0)
+        self.spleen = organ((-u(40, 65), 0.30 * b, 0.58 * a), (u(45, 60) * k, u(45, 60) * k, u(20, 28) * k), 25, 5.0, 35.0)
+        self.stomach = organ((-u(35, 60), -0.15 * b, 0.28 * a), (u(40, 60) * k, u(30, 45) * k, u(35, 45) * k), 20, 8.0, 40.0)
         self.stomach_fill = u(0.3, 0.8)  # fraction of the stomach (posterior part) holding fluid
-        self.heart = Blob((u(45, 70), -0.25 * b, 0.15 * a), (60 * k, u(45, 60) * k, u(60, 75) * k), rotation(rng, 20)).bumpy(rng, 4.0, 40.0)
+        self.heart = organ((u(45, 70), -0.25 * b, 0.15 * a), (60 * k, u(45, 60) * k, u(60, 75) * k), 20, 4.0, 40.0)
         # Ribs: bands in the muscle wall, one every rib_period mm, dropping towards the front.
         self.rib_period, self.rib_drop, self.rib_phase = u(28, 36) * k, u(50, 90), u(0, 36)
         self.costal_margin = -u(100, 140)  # lowest height a rib reaches at the back

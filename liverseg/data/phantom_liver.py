@@ -29,7 +29,8 @@ class Lesion:
     contrast: float  # lesion / liver intensity ratio
     rim: float  # extra intensity (fraction of liver) in a ring at the lesion's edge
     necrosis: float  # intensity ratio of a central core (1 = none)
-    lobulation: SmoothField
+    mosaic: float  # relative amplitude of the intensity texture inside the lesion
+    lobulation: SmoothField  # shapes the surface, and the texture inside
 
     def sdf(self, grid: Grid) -> np.ndarray:
         """Signed distance (mm) to the lesion surface."""
@@ -40,7 +41,12 @@ class Liver:
     """Shape, vessels and lesions of one phantom liver (body-frame mm)."""
 
     def __init__(
-        self, rng: np.random.Generator, anatomy: Anatomy, volume_ml: float, lesions_bright: bool = False, min_lesion_diameter: float = 5.0
+        self,
+        rng: np.random.Generator,
+        anatomy: Anatomy,
+        volume_ml: float,
+        lesions_bright: bool = False,
+        min_lesion_diameter: float = 5.0,
     ) -> None:
         u = rng.uniform
         a, b = anatomy.half_width, anatomy.half_depth
@@ -66,7 +72,8 @@ class Liver:
         if rng.random() < 0.8:  # the others had their gallbladder removed
             right = self.lobes[0]
             offset = np.array([-0.6, -0.55, 0.45]) * np.asarray(right.radii)
-            self.gallbladder = Blob(tuple(np.asarray(right.center) + offset), (u(25, 40), u(12, 18), u(12, 18)), rotation(rng, 30))
+            radii = (u(25, 40), u(12, 18), u(12, 18))
+            self.gallbladder = Blob(tuple(np.asarray(right.center) + offset), radii, rotation(rng, 30))
         self.coarse = regular_grid(*self.box(), COARSE_STEP)
         coarse_f = self.sdf(self.coarse)
         heights = self.coarse.z[np.any(coarse_f < 0, axis=(1, 2))]
@@ -78,7 +85,10 @@ class Liver:
     def lobes(self) -> list[Blob]:
         """The lobes at the calibrated size."""
         k = self.scale
-        return [Blob(tuple(self.anchor + k * (np.asarray(l.center) - self.anchor)), tuple(k * r for r in l.radii), l.rot) for l in self._lobes_unit]
+        return [
+            Blob(tuple(self.anchor + k * (np.asarray(lobe.center) - self.anchor)), tuple(k * r for r in lobe.radii), lobe.rot)
+            for lobe in self._lobes_unit
+        ]
 
     @staticmethod
     def _box_of(blobs: list[Blob], grow: float, margin: float) -> tuple[Vec3, Vec3]:
@@ -128,7 +138,8 @@ class Liver:
         hilum = inside[np.argmin(np.sum((inside - proposal) ** 2, axis=1))]
         k = self.scale * self.anatomy.size
         vessels = grow_tree(rng, hilum, inside, [(2, 5.0 * k), (8, 3.5 * k), (18, 2.2 * k)], 7.0 * k)
-        vessels.append(Vessel(tuple(hilum), tuple(hilum + np.array([-35.0, 25.0, 30.0]) * k), 7.0 * k, 7.0 * k, intrahepatic=False))
+        trunk_end = hilum + np.array([-35.0, 25.0, 30.0]) * k  # the portal vein outside the liver
+        vessels.append(Vessel(tuple(hilum), tuple(trunk_end), 7.0 * k, 7.0 * k, intrahepatic=False))
         ivc_y, ivc_x = self.anatomy.ivc.center_yx
         top = inside[inside[:, 0] > np.max(inside[:, 0]) - 30]
         drain = np.array([np.median(top[:, 0]), ivc_y, ivc_x])
@@ -165,9 +176,10 @@ class Liver:
             contrast = rng.uniform(1.3, 1.7) if bright else rng.uniform(0.45, 0.8)
             rim = rng.uniform(0.2, 0.5) if rng.random() < 0.3 else 0.0
             necrosis = rng.uniform(0.3, 0.7) if diameter > 30 and rng.random() < 0.5 else 1.0
+            mosaic = rng.uniform(0.0, 0.12)
             blob = Blob(tuple(center), radii, rotation(rng, 90))
             field = SmoothField(rng, *blob.box(10.0), max(r, 4.0))
-            lesions.append(Lesion(blob, diameter, float(contrast), float(rim), float(necrosis), field))
+            lesions.append(Lesion(blob, diameter, float(contrast), float(rim), float(necrosis), float(mosaic), field))
         return lesions
 
     def _value_at(self, coarse_f: np.ndarray, point: np.ndarray) -> float:

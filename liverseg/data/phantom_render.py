@@ -7,9 +7,12 @@ only inside its bounding box. Only the liver paints the label map.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import cc3d
 import numpy as np
 
-from liverseg.data.phantom_anatomy import Anatomy, Blob
+from liverseg.data.phantom_anatomy import Anatomy, Blob, Tube2D
 from liverseg.data.phantom_appearance import Tissues
 from liverseg.data.phantom_geometry import Grid, SmoothField, capsule, occupancy, paint, slab_occupancy
 from liverseg.data.phantom_liver import Liver
@@ -98,8 +101,16 @@ def _render_lungs(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tiss
         paint(image, sl, occupancy(f + 9, grid.edge_width), tissues.aorta)
 
 
-def _paint_blob(image: np.ndarray, grid: Grid, blob: Blob, value: float, shell: float = 0.0, margin: float = 5.0, extra=None) -> None:
-    found = grid.crop(*blob.box(margin + shell))
+def _paint_blob(
+    image: np.ndarray,
+    grid: Grid,
+    blob: Blob,
+    value: float,
+    shell: float = 0.0,
+    extra: Callable[[Grid], np.ndarray] | None = None,
+) -> None:
+    """Paint ``blob`` grown by ``shell`` mm, intersected with the shape ``extra`` if given."""
+    found = grid.crop(*blob.box(5.0 + shell))
     if found is None:
         return
     sl, sub = found
@@ -142,16 +153,36 @@ def render_organs(image: np.ndarray, grid: Grid, anatomy: Anatomy, tissues: Tiss
     # Fluid lies posterior (dependent, the patient is supine), gas anterior.
     level = stomach.center[1] + stomach.radii[1] * (1 - 2 * anatomy.stomach_fill)
     _paint_blob(image, grid, stomach, tissues.stomach_fluid, shell=-4.0, extra=inside)
-    _paint_blob(image, grid, stomach, tissues.lung, shell=-4.0, extra=lambda sub: np.maximum(inside(sub), sub.axes()[1] - np.float32(level)))
+    def gas(sub: Grid) -> np.ndarray:
+        return np.maximum(inside(sub), sub.axes()[1] - np.float32(level))
+
+    _paint_blob(image, grid, stomach, tissues.lung, shell=-4.0, extra=gas)
 
 
-def _paint_tube(image, grid, tube, value, z_lo, z_hi) -> None:
+def _paint_tube(image: np.ndarray, grid: Grid, tube: Tube2D, value: float, z_lo: float, z_hi: float) -> None:
     found = grid.crop(*tube.box(z_lo, z_hi, 3.0))
     if found is None:
         return
     sl, sub = found
     occ = occupancy(tube.sdf(sub), grid.edge_width)
     paint(image, sl, np.broadcast_to(occ, sub.shape), value)
+
+
+_OUTSIDE = np.float32(1e3)  # a distance far outside any shape
+
+
+def _detached_tumour(region: np.ndarray) -> np.ndarray | None:
+    """Tumour voxels in pieces of the label map without liver voxels (None if there are none).
+
+    A lesion may bulge a little out of the liver; where the liver around it is thinner than a
+    voxel (a lobe's tip at tiny sizes), only the bulge would remain, floating outside the liver.
+    """
+    if not (region == LABEL_TUMOUR).any():
+        return None
+    components = cc3d.connected_components(region > 0, connectivity=26)
+    with_liver = np.unique(components[region == LABEL_LIVER])
+    detached = (region == LABEL_TUMOUR) & ~np.isin(components, with_liver)
+    return detached if detached.any() else None
 
 
 def render_liver(image: np.ndarray, label: np.ndarray, grid: Grid, liver: Liver, tissues: Tissues) -> None:
@@ -174,10 +205,16 @@ def render_liver(image: np.ndarray, label: np.ndarray, grid: Grid, liver: Liver,
         f = np.maximum(lesion.sdf(lsub), f_liver[ls] - np.float32(lesion.diameter / 6))
         np.minimum(f_tumour[ls], f, out=f_tumour[ls])
         lesion_f.append((ls, lsub, f))
-    whole = np.minimum(f_liver, f_tumour)
     region = label[sl]
-    region[whole < 0] = LABEL_LIVER
+    region[f_liver < 0] = LABEL_LIVER
     region[f_tumour < 0] = LABEL_TUMOUR
+    detached = _detached_tumour(region)
+    if detached is not None:
+        region[detached] = 0
+        f_tumour[detached] = _OUTSIDE
+        for ls, _, f in filter(None, lesion_f):
+            f[detached[ls]] = _OUTSIDE
+    whole = np.minimum(f_liver, f_tumour)
 
     value = np.float32(tissues.liver) * (1 + np.float32(tissues.liver_texture) * liver.texture(sub))
     paint(image, sl, slab_occupancy(whole, sub), value)
@@ -201,6 +238,7 @@ def render_liver(image: np.ndarray, label: np.ndarray, grid: Grid, liver: Liver,
             continue
         ls, lsub, f = got
         val = value[ls] * np.float32(lesion.contrast)
+        val *= 1 + np.float32(lesion.mosaic) * lesion.lobulation(lsub)
         val += np.float32(lesion.rim * tissues.liver) * np.clip(1 - np.abs(f + 2.5) / 2.5, 0, 1)
         if lesion.necrosis != 1.0:
             val *= 1 + np.float32(lesion.necrosis - 1) * occupancy(f + np.float32(0.25 * lesion.diameter), 3 * w)

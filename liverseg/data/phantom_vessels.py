@@ -27,7 +27,8 @@ class Vessel:
     def box(self) -> tuple[Vec3, Vec3]:
         """Bounding box of the tube."""
         r = max(self.radius_start, self.radius_end) + 2
-        return tuple(min(a, b) - r for a, b in zip(self.start, self.end)), tuple(max(a, b) + r for a, b in zip(self.start, self.end))
+        lo = tuple(min(a, b) - r for a, b in zip(self.start, self.end))
+        return lo, tuple(max(a, b) + r for a, b in zip(self.start, self.end))
 
 
 def farthest_points(points: np.ndarray, count: int, start: np.ndarray) -> np.ndarray:
@@ -41,7 +42,9 @@ def farthest_points(points: np.ndarray, count: int, start: np.ndarray) -> np.nda
     return points[chosen]
 
 
-def grow_tree(rng: np.random.Generator, root: np.ndarray, inside: np.ndarray, levels: list[tuple[int, float]], root_radius: float) -> list[Vessel]:
+def grow_tree(
+    rng: np.random.Generator, root: np.ndarray, inside: np.ndarray, levels: list[tuple[int, float]], root_radius: float
+) -> list[Vessel]:
     """Branches from ``root`` to ``levels`` of (number of end points, radius mm) among ``inside`` points."""
     nodes, radii = [np.asarray(root, float)], [root_radius]
     vessels: list[Vessel] = []
