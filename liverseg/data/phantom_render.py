@@ -74,10 +74,10 @@ def _abdominal_contents(grid: Grid, anatomy: Anatomy, tissues: Tissues, bowel: S
     """Visceral fat with small-bowel loops: walls along the zero sheets of a smooth field, content inside."""
     t = np.abs(bowel(grid))
     z, _, _ = grid.axes()
-    lower = np.clip((np.float32(anatomy.bowel_top) - z) / np.float32(40.0), 0, 1)
+    t += np.clip((z - np.float32(anatomy.bowel_top)) / np.float32(40.0), 0, 1)  # loops thin out and stop upwards
     cavity = np.full(grid.shape, tissues.fat, np.float32)
-    cavity += np.float32(tissues.bowel_wall - tissues.fat) * lower * np.clip((0.8 - t) / 0.15, 0, 1)
-    cavity += np.float32(tissues.bowel_content - tissues.bowel_wall) * lower * np.clip((0.55 - t) / 0.15, 0, 1)
+    cavity += np.float32(tissues.bowel_wall - tissues.fat) * np.clip((0.8 - t) / 0.15, 0, 1)
+    cavity += np.float32(tissues.bowel_content - tissues.bowel_wall) * np.clip((0.55 - t) / 0.15, 0, 1)
     return cavity
 
 
