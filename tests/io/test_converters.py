@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from liverseg.cli.convert import main as convert_main
+from liverseg.data.metadata import load_case_metadata
 from liverseg.errors import LiversegError
 from liverseg.io.converters import convert_atlas, convert_lits
 from liverseg.io.dataset import RawDataset
@@ -99,6 +100,26 @@ def test_atlas_converts_from_any_level(tmp_path, stores, level):
     assert source_record["release"] == RELEASE
     assert source_record["original_description"] == "original release"
     assert sorted(p.name for p in stores["raw"].iterdir()) == ["ATLAS"]  # no staging or extraction leftovers
+
+
+def test_atlas_patient_info_becomes_case_metadata(tmp_path, stores):
+    train = make_atlas(tmp_path / "download")
+    patient_info = [
+        {"id": 0, "contrast_phase": "arterial", "machine": "Siemens", "sequence": "VIBE"},
+        {"id": 10, "contrast_phase": "portal", "machine": "GE", "sequence": "LAVA"},
+        {"id": 42, "contrast_phase": "delayed"},  # no such case: ignored
+    ]
+    (train / "patient_info_train.json").write_text(json.dumps(patient_info))
+    dataset = RawDataset(convert_atlas(train, "ATLAS"))
+    assert load_case_metadata(dataset) == {
+        "im0": {"contrast_phase": "arterial", "machine": "Siemens", "sequence": "VIBE"},
+        "im10": {"contrast_phase": "portal", "machine": "GE", "sequence": "LAVA"},
+    }
+    # an unusable patient info file is copied but gives no metadata, and conversion still succeeds
+    (train / "patient_info_train.json").write_text("{broken")
+    dataset = RawDataset(convert_atlas(train, "ATLAS", overwrite=True))
+    assert (dataset.root / "patient_info_train.json").read_text() == "{broken"
+    assert load_case_metadata(dataset) == {}
 
 
 def test_atlas_reports_every_problem_together_and_writes_nothing(tmp_path, stores):

@@ -4,15 +4,20 @@ The release is a zip ``atlas-train-dataset-1.0.1.zip`` holding ``train/imagesTr/
 ``train/labelsTr/lb<N>.nii.gz`` (N = 0..59, not zero-padded), a ``dataset.json`` and
 ``patient_info_train.json``, sometimes nested one folder deeper. Case ids keep the ATLAS names
 (``im<N>``), so predictions are written as ``im<N>.nii.gz`` as the challenge expects.
+``patient_info_train.json`` is copied as it is and also translated into ``case_metadata.json``
+(contrast phase, sequence, scanner per case; :mod:`liverseg.data.metadata`), by which the
+cross-validation folds are stratified.
 """
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
+from liverseg.data.metadata import CASE_METADATA_FILE, case_metadata_from_atlas_patient_info
 from liverseg.errors import LiversegError
-from liverseg.io.atomic import read_json
+from liverseg.io.atomic import read_json, write_json
 from liverseg.io.converters.common import (
     default_labels,
     is_ignored,
@@ -62,8 +67,14 @@ def convert_atlas(
                 "source": _source_record(source, train, folder),
             },
         )
-        extra_files = [p for p in (_find_upwards(train, folder, PATIENT_INFO),) if p is not None]
-        return write_raw_dataset(cases, problems, target, info, source, extra_files, num_workers, tolerance)
+        patient_info = _find_upwards(train, folder, PATIENT_INFO)
+        extra_files = [patient_info] if patient_info is not None else []
+        with tempfile.TemporaryDirectory() as scratch:
+            metadata = _case_metadata(patient_info, [c.case_id for c in cases])
+            if metadata:
+                write_json(Path(scratch) / CASE_METADATA_FILE, metadata)
+                extra_files.append(Path(scratch) / CASE_METADATA_FILE)
+            return write_raw_dataset(cases, problems, target, info, source, extra_files, num_workers, tolerance)
 
 
 def find_atlas_train(folder: Path) -> Path:
@@ -102,6 +113,17 @@ def _indexed(folder: Path, pattern: re.Pattern[str]) -> dict[str, list[Path]]:
     if skipped:
         log.warning("%s: ignoring %d file(s) not named like the ATLAS release: %s", folder, len(skipped), ", ".join(sorted(skipped)[:10]))
     return found
+
+
+def _case_metadata(patient_info: Path | None, case_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Per-case attributes (contrast phase, ...) from the release's patient info, {} if unusable."""
+    if patient_info is None:
+        return {}
+    try:
+        return case_metadata_from_atlas_patient_info(read_json(patient_info), case_ids)
+    except (OSError, ValueError, LiversegError) as e:
+        log.warning("%s: not usable as per-case metadata (%s); folds will not be stratified by contrast phase", patient_info, e)
+        return {}
 
 
 def _find_upwards(start: Path, top: Path, name: str) -> Path | None:
