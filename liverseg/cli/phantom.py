@@ -25,14 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num-cases", type=int, default=20, help="number of cases (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set (default 0)")
     parser.add_argument("--size", choices=SIZES, default="full",
-                        help="full: real scan sizes (256-512 in-plane, 40-100 slices); small: about 128x128x32; "
-                        "tiny: about 48x48x16, for tests (default full)")
+                        help="full: real scan sizes (256-512 in-plane, 40-100 slices, 350-450 mm field of view); "
+                        "small (about 128x128x32) and tiny (about 48x48x16, for tests) shrink the patient to fit, "
+                        "at the same ATLAS spacings (default full)")
     parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="worker processes (default: number of CPUs, at most 4)")
     parser.add_argument("--preview", action="store_true",
                         help="also write <dataset>/preview.png, a montage of slices with label outlines")
     parser.add_argument("--output-dir", help="parent folder of the dataset (default: $LIVERSEG_RAW)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the cases of an existing dataset folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder's imagesTr, labelsTr, dataset.json and preview")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
