@@ -116,6 +116,8 @@ class Liver:
         np.maximum(f, np.float32(1.0) - an.ivc.sdf(grid), out=f)
         np.maximum(f, np.float32(5.0) - an.aorta.sdf(grid), out=f)
         np.maximum(f, np.float32(6.0) - an.vertebra.sdf(grid), out=f)
+        for muscle in an.paraspinal:
+            np.maximum(f, np.float32(10.0) - muscle.sdf(grid), out=f)
         carved = an.kidneys + [an.stomach] + ([self.gallbladder] if self.gallbladder is not None else [])
         for blob in carved:
             found = grid.crop(*blob.box(8.0))
