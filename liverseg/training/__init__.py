@@ -1,0 +1,1 @@
+"""Training: losses, optimisers and schedules, deep supervision, sampling, the trainer loop."""
