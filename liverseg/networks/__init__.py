@@ -1,0 +1,103 @@
+"""Segmentation networks, looked up by the name a plan gives them.
+
+Built-in: ``"unet"`` (:class:`liverseg.networks.unet.UNet`). Add a network without editing
+liverseg, either by decorating it in any module that is imported before training::
+
+    from liverseg.networks import NETWORKS
+
+    @NETWORKS.register("my_net")
+    class MyNet(torch.nn.Module):
+        def __init__(self, in_channels: int, num_classes: int, **topology): ...
+
+or, from an installed package, through the ``liverseg.networks`` entry-point group (loaded only
+when a plan asks for a name that is not registered)::
+
+    [project.entry-points."liverseg.networks"]
+    my_net = "my_package.networks:MyNet"
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Callable
+
+from torch import nn
+
+from liverseg.errors import LiversegError
+from liverseg.networks.unet import UNet
+from liverseg.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "liverseg.networks"
+NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network")
+NETWORKS.register("unet")(UNet)
+
+__all__ = ["ENTRY_POINT_GROUP", "NETWORKS", "UNet", "available_networks", "build_network", "get_network"]
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_networks() -> list[str]:
+    """Names a plan may use: registered networks plus those installed packages declare."""
+    return sorted(set(NETWORKS.names()) | set(_entry_points()))
+
+
+def get_network(name: str) -> Callable[..., nn.Module]:
+    """The network class (or factory) called ``name``; loads an entry-point plugin on first use.
+
+    Plugins are imported only when a name is not already registered, so a broken third-party
+    package cannot break plans that do not use it.
+    """
+    if name in NETWORKS:
+        return NETWORKS.get(name)
+    plugins = _entry_points()
+    if name not in plugins:
+        known = ", ".join(available_networks()) or "(none)"
+        raise LiversegError(f"unknown network '{name}'; available: {known}. Register your own with "
+                            f"@NETWORKS.register('{name}') in a module you import, or through the "
+                            f"'{ENTRY_POINT_GROUP}' entry-point group of an installed package")
+    entry = plugins[name]
+    origin = f"entry point '{name} = {entry.value}'" + (f" of {entry.dist.name}" if entry.dist is not None else "")
+    try:
+        loaded = entry.load()
+    except Exception as error:  # a plugin may fail in any way; report which one and why
+        raise LiversegError(f"network '{name}': cannot load {origin}: {type(error).__name__}: {error}; "
+                            f"fix or reinstall that package") from error
+    if name not in NETWORKS:  # the entry point names the class itself rather than a module that registers it
+        if not callable(loaded):
+            raise LiversegError(f"network '{name}': {origin} loaded {loaded!r}, which neither registers '{name}' "
+                                f"nor is a network class; point the entry point at the class (module:Class)")
+        NETWORKS.register(name)(loaded)
+    log.info("loaded network '%s' from %s", name, origin)
+    return NETWORKS.get(name)
+
+
+def build_network(name: str, in_channels: int, num_classes: int, **topology: Any) -> nn.Module:
+    """Instantiate the network ``name`` with the topology a plan stores for it.
+
+    Topology mistakes (unknown or missing arguments, inconsistent stage lists) come from a plan a
+    user can edit, so they are reported as a :class:`LiversegError` naming the network.
+    """
+    factory = get_network(name)
+    try:
+        inspect.signature(factory).bind(in_channels, num_classes, **topology)
+    except TypeError as error:
+        raise LiversegError(f"network '{name}' does not accept the plan's topology {sorted(topology)}: {error}; "
+                            f"its parameters are {_parameter_names(factory)}") from None
+    except ValueError:  # no introspectable signature (e.g. some builtins): let the call decide
+        pass
+    try:
+        return factory(in_channels, num_classes, **topology)
+    except ValueError as error:
+        raise LiversegError(f"network '{name}': invalid topology in the plan: {error}") from error
+
+
+def _parameter_names(factory: Callable[..., Any]) -> str:
+    try:
+        return ", ".join(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return "(unknown)"
