@@ -194,6 +194,17 @@ def test_memory_estimate_is_linear_in_batch_and_patch_voxels():
     assert large == pytest.approx(4 * small, rel=0.01)
 
 
+def test_a_network_built_on_the_meta_device_gives_the_same_estimate_without_memory():
+    """The planner can size topologies with no weights allocated."""
+    with torch.device("meta"):
+        ghost = UNet(1, 3, **ANISOTROPIC)
+    real = UNet(1, 3, **ANISOTROPIC)
+    assert all(p.is_meta for p in ghost.parameters())
+    for patch, batch in [((8, 32, 32), 2), ((16, 64, 96), 3)]:
+        assert ghost.activation_memory_bytes(patch, batch) == real.activation_memory_bytes(patch, batch)
+    assert ghost.num_parameters() == real.num_parameters()
+
+
 PEAK_SCRIPT = textwrap.dedent("""
     import ctypes, gc, json, re, sys
     import torch
