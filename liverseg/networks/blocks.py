@@ -19,7 +19,8 @@ from torch import Tensor, nn
 FeatureMap = tuple[int, tuple[int, ...]]
 
 
-def conv_output_size(input_size: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int]) -> tuple[int, ...]:
+def conv_output_size(input_size: Sequence[int], kernel_size: Sequence[int], stride: Sequence[int],
+                     padding: Sequence[int]) -> tuple[int, ...]:
     """Spatial size after a convolution (no dilation), per axis, as torch computes it."""
     return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(input_size, kernel_size, stride, padding))
 

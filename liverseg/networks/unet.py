@@ -282,8 +282,11 @@ def _validate(in_channels: int, num_classes: int, kernel_sizes: Sequence[Sequenc
         raise ValueError(f"kernel_sizes ({len(kernel_sizes)}), strides ({len(strides)}) and features_per_stage "
                          f"({n_stages}) must have one entry per stage")
     for i, (kernel, stride) in enumerate(zip(kernel_sizes, strides)):
+        if not isinstance(kernel, Sequence) or not isinstance(stride, Sequence):
+            raise ValueError(f"stage {i}: kernel {kernel!r} and stride {stride!r} must be lists of {dims} integers")
         if len(kernel) != dims or len(stride) != dims:
-            raise ValueError(f"stage {i}: kernel {list(kernel)} and stride {list(stride)} need {dims} entries for a {dims}D network")
+            raise ValueError(f"stage {i}: kernel {list(kernel)} and stride {list(stride)} need {dims} entries "
+                             f"for a {dims}D network")
         if any(int(k) != k or k < 1 or k % 2 == 0 for k in kernel):
             raise ValueError(f"stage {i}: kernel sizes must be odd positive integers, got {list(kernel)}")
         if any(int(s) != s or s < 1 for s in stride):

@@ -21,7 +21,8 @@ from liverseg.networks.unet import UNet
 ANISOTROPIC = dict(kernel_sizes=[[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
                    strides=[[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
                    features_per_stage=[4, 8, 16, 16, 16])
-ISOTROPIC = dict(kernel_sizes=[[3, 3, 3]] * 4, strides=[[1, 1, 1]] + [[2, 2, 2]] * 3, features_per_stage=[8, 16, 32, 32])
+ISOTROPIC = dict(kernel_sizes=[[3, 3, 3]] * 4, strides=[[1, 1, 1]] + [[2, 2, 2]] * 3,
+                 features_per_stage=[8, 16, 32, 32])
 TINY = dict(kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]], features_per_stage=[8, 16, 32])
 PLANAR = dict(kernel_sizes=[[3, 3]] * 4, strides=[[1, 1], [2, 2], [2, 2], [2, 2]], features_per_stage=[8, 16, 32, 32], dims=2)
 
@@ -279,6 +280,7 @@ def test_patch_with_the_wrong_number_of_axes_is_a_user_error():
 @pytest.mark.parametrize("change,message", [
     (dict(strides=[[1, 1, 1], [2, 2, 2]]), "one entry per stage"),
     (dict(kernel_sizes=[[3, 3]] * 3), "need 3 entries"),
+    (dict(kernel_sizes=[3, 3, 3]), "lists of 3 integers"),
     (dict(kernel_sizes=[[3, 3, 3], [2, 3, 3], [3, 3, 3]]), "odd positive"),
     (dict(strides=[[1, 1, 1], [0, 2, 2], [2, 2, 2]]), "positive integers"),
     (dict(features_per_stage=[8, 0, 32]), "positive integers"),
