@@ -33,16 +33,22 @@ The terms (all computed in at least float32, also under autocast):
   penalty with ``lambda * K``); ``m = 10`` and ``lambda = 0.1`` are the authors' defaults. The
   ATLAS paper does not state the values it used.
 
-Registered losses (``build_loss(name, **params)``; a user registers their own with
-``@LOSSES.register("name")`` on a factory returning a module with the call signature above):
-``"dice_ce"`` (default), ``"dice_focal"``, ``"mbls"`` (CE + margin penalty), ``"dice_mbls"``,
-``"ce"`` and ``"dice"`` (Hänsch et al. 2022 trained their tumour model with a Dice loss inside the
-dilated liver mask).
+Registered losses (``build_loss(name, **params)``): ``"dice_ce"`` (default), ``"dice_focal"``,
+``"mbls"`` (CE + margin penalty), ``"dice_mbls"``, ``"ce"`` and ``"dice"`` (Hänsch et al. 2022
+trained their tumour model with a Dice loss inside the dilated liver mask). A user adds a loss
+with ``@LOSSES.register("name")`` on a factory returning a module with the call signature above,
+in a module imported before training, or from an installed package through the
+``liverseg.losses`` entry-point group (loaded only when a plan asks for a name not registered)::
+
+    [project.entry-points."liverseg.losses"]
+    my_loss = "my_package.losses:my_loss"
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 import torch
@@ -52,6 +58,9 @@ from torch import Tensor, nn
 from liverseg.errors import LiversegError
 from liverseg.registry import Registry
 
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "liverseg.losses"
 LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
 DEFAULT_LOSS = "dice_ce"
 DICE_SMOOTH = 1e-5
@@ -65,12 +74,41 @@ _MIN_COUNT = 1e-8
 _MIN_FOCAL_BASE = 1e-12
 
 
+def available_losses() -> list[str]:
+    """Names a plan may use: registered losses plus those installed packages declare."""
+    return sorted(set(LOSSES.names()) | set(_entry_points()))
+
+
+def get_loss(name: str) -> Callable[..., nn.Module]:
+    """The loss factory called ``name``; loads an entry-point plugin on first use."""
+    if name in LOSSES:
+        return LOSSES.get(name)
+    plugins = _entry_points()
+    if name not in plugins:
+        raise LiversegError(
+            f"unknown loss '{name}'; available: {', '.join(available_losses())}. Register your own with "
+            f"@LOSSES.register('{name}') in a module you import, or through the '{ENTRY_POINT_GROUP}' entry-point group"
+        )
+    entry = plugins[name]
+    origin = f"entry point '{name} = {entry.value}'" + (f" of {entry.dist.name}" if entry.dist is not None else "")
+    try:
+        loaded = entry.load()
+    except Exception as error:  # a plugin may fail in any way; say which one and why
+        raise LiversegError(f"loss '{name}': cannot load {origin}: {type(error).__name__}: {error}; fix or reinstall that package") from error
+    if name not in LOSSES:  # the entry point names the factory itself, not a module registering it
+        if not callable(loaded):
+            raise LiversegError(f"loss '{name}': {origin} loaded {loaded!r}, which neither registers '{name}' nor is a loss factory")
+        LOSSES.register(name)(loaded)
+    log.info("loaded loss '%s' from %s", name, origin)
+    return LOSSES.get(name)
+
+
 def build_loss(name: str, **params: Any) -> nn.Module:
-    """The loss registered as ``name``, built with ``params`` (the plan's loss parameters).
+    """The loss called ``name``, built with ``params`` (the plan's loss parameters).
 
     Unknown names and parameters the loss does not take are user errors that list what exists.
     """
-    factory = LOSSES.get(name)
+    factory = get_loss(name)
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # some callables (C extensions) have no signature
@@ -203,6 +241,10 @@ def prepare_inputs(logits: Tensor, target: Tensor, mask: Tensor | None = None) -
     if tuple(weight.shape) != (batch, *spatial):
         raise ValueError(f"mask shape {tuple(weight.shape)} does not match logits {tuple(logits.shape)}")
     return logits, target, weight.to(logits.dtype)
+
+
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _squeeze_channel(tensor: Tensor, logits_ndim: int, what: str) -> Tensor:

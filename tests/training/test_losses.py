@@ -7,13 +7,22 @@ focal loss serve as independent implementations.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from liverseg.errors import LiversegError
-from liverseg.training.losses import DEFAULT_LOSS, LOSSES, SegmentationLoss, build_loss, margin_penalty
+from liverseg.training.losses import (
+    DEFAULT_LOSS,
+    ENTRY_POINT_GROUP,
+    LOSSES,
+    SegmentationLoss,
+    available_losses,
+    build_loss,
+    margin_penalty,
+)
 
 ALL_LOSSES = ["dice_ce", "dice_focal", "mbls", "dice_mbls", "ce", "dice"]
 SMOOTH = 1e-5
@@ -54,16 +63,49 @@ def test_registry_has_the_losses_and_rejects_unknown_names_and_parameters():
         SegmentationLoss()
 
 
-def test_a_user_registered_loss_is_found_by_name():
-    name = "test_only_ce_times_two"
+@pytest.fixture
+def isolated_losses(monkeypatch: pytest.MonkeyPatch):
+    """Registrations made by a test disappear after it (the table is swapped for a copy)."""
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))
+    modules_before = set(sys.modules)
+    yield LOSSES
+    for name in set(sys.modules) - modules_before:
+        if name.startswith("plugin_loss"):
+            del sys.modules[name]
 
-    @LOSSES.register(name)
+
+def test_a_user_registered_loss_is_found_by_name(isolated_losses):
+    @LOSSES.register("twice_ce")
     def _twice_ce() -> SegmentationLoss:
         return SegmentationLoss(weight_ce=2.0)
 
     logits = torch.zeros(1, 4, 3, 3)
     target = torch.zeros(1, 3, 3, dtype=torch.long)
-    assert float(build_loss(name)(logits, target)) == pytest.approx(2 * math.log(4))
+    assert float(build_loss("twice_ce")(logits, target)) == pytest.approx(2 * math.log(4))
+
+
+def test_an_installed_plugin_loss_is_loaded_by_name_only_when_asked_for(isolated_losses, tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "plugin_loss_demo.py").write_text(
+        "from liverseg.training.losses import SegmentationLoss\n\n"
+        "def half_ce(scale=0.5):\n    return SegmentationLoss(weight_ce=scale)\n"
+    )
+    (site / "plugin_loss_broken.py").write_text("import a_module_that_does_not_exist\n")
+    info = site / "liverseg_loss_demo-0.1.dist-info"  # what pip leaves behind
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: liverseg_loss_demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nhalf_ce = plugin_loss_demo:half_ce\nbroken = plugin_loss_broken:loss\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    assert {"half_ce", "broken"} <= set(available_losses())
+    assert "plugin_loss_demo" not in sys.modules
+    loss = build_loss("half_ce", scale=0.25)
+    assert float(loss(torch.zeros(1, 2, 3), torch.zeros(1, 3, dtype=torch.long))) == pytest.approx(0.25 * math.log(2))
+    assert "half_ce" in LOSSES
+    with pytest.raises(LiversegError, match="loss 'broken': cannot load.*liverseg_loss_demo.*ModuleNotFoundError"):
+        build_loss("broken")
 
 
 @pytest.mark.parametrize("num_classes", [2, 3, 5])
