@@ -47,7 +47,9 @@ def load_case_metadata(dataset: RawDataset) -> dict[str, dict[str, str]]:
     except (OSError, ValueError) as e:
         raise LiversegError(f"{path}: cannot be read as JSON ({e}); fix or delete the file") from None
     if not isinstance(content, dict):
-        raise LiversegError(f"{path}: expected an object {{case: {{attribute: value}}}}, got a {type(content).__name__}; fix or delete the file")
+        raise LiversegError(
+            f"{path}: expected an object {{case: {{attribute: value}}}}, got a {type(content).__name__}; fix or delete the file"
+        )
     metadata: dict[str, dict[str, str]] = {}
     for case, attributes in content.items():
         if not isinstance(attributes, dict):

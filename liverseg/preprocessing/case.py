@@ -130,17 +130,17 @@ def preprocess_case(
     specs: Sequence[PreprocessingSpec],
     folders: Sequence[Path],
     case: str,
-    records: Sequence[Mapping[str, Any]] | None = None,
+    extra_properties: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], CaseTimings]:
     """Preprocess one case for several specs (read once) and save it into one folder per spec.
 
     Writes ``<case>.npy``, ``<case>_seg.npy``, ``<case>_locations.npz`` and, last,
-    ``<case>.json`` (its properties merged with ``records[i]``), each atomically; an existing json
+    ``<case>.json`` (its properties merged with ``extra_properties[i]``), each atomically; an existing json
     is deleted first, so a case is complete exactly when its json exists. Returns the properties
     per spec and the time spent per step.
     """
-    if len(specs) != len(folders) or (records is not None and len(records) != len(specs)):
-        raise ValueError("preprocess_case needs one folder (and one record, if any) per spec")
+    if len(specs) != len(folders) or (extra_properties is not None and len(extra_properties) != len(specs)):
+        raise ValueError("preprocess_case needs one folder (and one extra_properties entry, if any) per spec")
     for folder in folders:
         case_files(Path(folder), case)["json"].unlink(missing_ok=True)
     timings = CaseTimings()
@@ -157,7 +157,7 @@ def preprocess_case(
         properties = {"case": case, **result.properties}
         if locations is not None:
             properties["num_lesions"] = len(locations.lesions)
-        properties.update(records[i] if records is not None else {})
+        properties.update(extra_properties[i] if extra_properties is not None else {})
         files = case_files(folder, case)
         _save_npy(files["data"], result.data)
         if result.seg is not None:
@@ -169,20 +169,26 @@ def preprocess_case(
     return results, timings
 
 
-def load_preprocessed_case(folder: str | Path, case: str, mmap_mode: str | None = "r") -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+def load_preprocessed_case(
+    folder: str | Path, case: str, mmap_mode: str | None = "r"
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Data ``(c, z, y, x)``, seg ``(z, y, x)`` (None if absent) and properties of a preprocessed case.
 
     With ``mmap_mode="r"`` (default) the arrays are memory-mapped: slicing a patch reads only it.
     """
     files = case_files(Path(folder), case)
     if not files["json"].is_file():
-        raise LiversegError(f"{files['json']}: preprocessed case '{case}' not found or incomplete; run liverseg_plan to preprocess the dataset")
+        raise LiversegError(
+            f"{files['json']}: preprocessed case '{case}' not found or incomplete; run liverseg_plan to preprocess the dataset"
+        )
     try:
         properties = read_json(files["json"])
         data = np.load(files["data"], mmap_mode=mmap_mode)
         seg = np.load(files["seg"], mmap_mode=mmap_mode) if files["seg"].is_file() else None
     except (OSError, ValueError) as e:
-        raise LiversegError(f"{folder}: preprocessed case '{case}' cannot be read ({e}); delete its files and run liverseg_plan again") from None
+        raise LiversegError(
+            f"{folder}: preprocessed case '{case}' cannot be read ({e}); delete its files and run liverseg_plan again"
+        ) from None
     return data, seg, properties
 
 
@@ -254,7 +260,9 @@ def _as_uint8_label(label: np.ndarray, path: Path) -> np.ndarray:
         return label
     low, high = (label.min(), label.max()) if label.size else (0, 0)
     if low < 0 or high > 255:
-        raise LiversegError(f"{path}: label values range from {low} to {high}; liverseg needs whole numbers 0-255 (see dataset.json labels)")
+        raise LiversegError(
+            f"{path}: label values range from {low} to {high}; liverseg needs whole numbers 0-255 (see dataset.json labels)"
+        )
     as_uint8 = label.astype(np.uint8)
     if not np.issubdtype(label.dtype, np.integer) and not np.array_equal(as_uint8, label):
         raise LiversegError(f"{path}: label holds fractional values; labels must be whole numbers (run liverseg_fingerprint --verify-only)")

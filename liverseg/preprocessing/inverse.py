@@ -35,7 +35,8 @@ def probabilities_to_original(probabilities: np.ndarray, properties: Mapping[str
     gets 0). Returns float32.
     """
     probabilities = np.asarray(probabilities)
-    _check_shape(probabilities.shape[1:] if probabilities.ndim == 4 else None, properties, "probabilities (k, z, y, x)", probabilities.shape)
+    spatial = probabilities.shape[1:] if probabilities.ndim == 4 else None
+    _check_shape(spatial, properties, "probabilities (k, z, y, x)", probabilities.shape)
     resampling = properties["resampling"]
     cropped = resample_probabilities(
         probabilities.astype(np.float32, copy=False),

@@ -28,7 +28,8 @@ Keys of ``<case>.json``:
 A rerun skips a case whose json is complete and records the same spec and the same raw files
 (same size and modification time, or else the same SHA-256: a copied dataset is not redone), and
 redoes it otherwise. Outputs of cases no longer in the raw dataset are deleted (and logged), so a
-folder always mirrors the dataset, and temporary files left by a killed run are removed.
+folder always mirrors the dataset, and temporary files left by a killed run are removed. Folders
+of specs not asked for (an older plan's) are left alone.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import os
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,7 +71,7 @@ class _Job:
     label_file: Path
     specs: tuple[PreprocessingSpec, ...]
     folders: tuple[Path, ...]
-    records: tuple[dict[str, Any], ...]
+    digests: tuple[str, ...]
 
 
 def preprocess_dataset(
@@ -102,9 +104,10 @@ def preprocess_dataset(
         _prepare_folder(folders[spec.folder_name], spec, cases)
 
     start = time.perf_counter()
-    jobs, skipped = _plan_jobs(dataset, cases, specs, folders)
+    jobs = _plan_jobs(dataset, cases, specs, folders)
     log.info(
-        "preprocessing %d case(s) of %s for %d spec(s) into %s (%d up to date)", len(jobs), dataset.name, len(specs), root, skipped
+        "preprocessing %d case(s) of %s for %d spec(s) into %s (%d up to date)",
+        len(jobs), dataset.name, len(specs), root, len(cases) - len(jobs),
     )
     totals, problems = _run(jobs, num_workers)
     if jobs:
@@ -173,22 +176,21 @@ def _prepare_folder(folder: Path, spec: PreprocessingSpec, cases: list[str]) -> 
 
 def _plan_jobs(
     dataset: RawDataset, cases: list[str], specs: list[PreprocessingSpec], folders: dict[str, Path]
-) -> tuple[list[_Job], int]:
-    """One job per case that is out of date for some spec (biggest first); also count skipped pairs."""
+) -> list[_Job]:
+    """One job per case that is out of date for some spec, biggest cases first."""
     digests = {spec.folder_name: spec_digest(spec) for spec in specs}
     jobs: list[tuple[int, _Job]] = []
-    skipped = 0
     for case in cases:
         inputs = [*dataset.image_files(case), dataset.label_file(case)]
         todo = [spec for spec in specs if not _up_to_date(dataset, case, inputs, folders[spec.folder_name], digests[spec.folder_name])]
-        skipped += len(specs) - len(todo)
         if not todo:
             continue
-        records = tuple({"spec_digest": digests[spec.folder_name]} for spec in todo)
-        job = _Job(dataset.root, case, tuple(inputs[:-1]), inputs[-1], tuple(todo), tuple(folders[s.folder_name] for s in todo), records)
+        names = [spec.folder_name for spec in todo]
+        folders_todo, digests_todo = tuple(folders[n] for n in names), tuple(digests[n] for n in names)
+        job = _Job(dataset.root, case, tuple(inputs[:-1]), inputs[-1], tuple(todo), folders_todo, digests_todo)
         jobs.append((sum(p.stat().st_size for p in inputs if p.is_file()), job))
     # Largest cases first, so the last worker busy is not stuck with the biggest one.
-    return [job for _, job in sorted(jobs, key=lambda item: -item[0])], skipped
+    return [job for _, job in sorted(jobs, key=lambda item: -item[0])]
 
 
 def _up_to_date(dataset: RawDataset, case: str, inputs: list[Path], folder: Path, digest: str) -> bool:
@@ -240,10 +242,18 @@ def _run(jobs: list[_Job], num_workers: int) -> tuple[dict[str, float], list[str
             for job in jobs:
                 collect(job, _run_job(job))
         else:
-            with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)), initializer=_init_worker) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(num_workers, len(jobs)), initializer=_init_worker)
+            try:
                 futures = {pool.submit(_run_job, job): job for job in jobs}
                 for future in as_completed(futures):
                     collect(futures[future], future.result())
+            except BrokenProcessPool:
+                raise LiversegError(
+                    "a preprocessing worker process died (killed, or out of memory?); the cases finished so far are kept. "
+                    "Run again, with fewer worker processes (-np) if memory is short"
+                ) from None
+            finally:  # on an error, cases not started yet are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return totals, problems
@@ -253,8 +263,8 @@ def _run_job(job: _Job) -> tuple[CaseTimings | None, str | None]:
     """Preprocess one case; a user-fixable problem is returned as text, a bug raises."""
     try:
         source = [_source_record(job.root, p) for p in (*job.image_files, job.label_file)]
-        records = [{**record, "source": source} for record in job.records]
-        _, timings = preprocess_case(job.image_files, job.label_file, job.specs, job.folders, job.case, records)
+        extra = [{"spec_digest": digest, "source": source} for digest in job.digests]
+        _, timings = preprocess_case(job.image_files, job.label_file, job.specs, job.folders, job.case, extra)
         return timings, None
     except LiversegError as e:
         return None, str(e)
