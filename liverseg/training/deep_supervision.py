@@ -1,10 +1,13 @@
 """Deep supervision: one loss applied to a network's outputs at decreasing resolutions.
 
 A deep-supervised U-Net returns a list of logits, highest resolution first (nnU-Net's order).
-Output ``i`` gets the weight ``1 / 2^i``; the lowest-resolution output gets 0, as in nnU-Net; the
-weights are normalised to sum to 1. Outputs with weight 0 are not evaluated at all, so their
-heads receive no gradient (under DistributedDataParallel pass explicit weights with a tiny value
-instead of 0, as nnU-Net does, or DDP complains about unused parameters).
+Output ``i`` gets the weight ``1 / 2^i`` and the weights are normalised to sum to 1. nnU-Net's
+network has a head at every decoder stage and gives the coarsest one weight 0; liverseg's ``unet``
+has no head there at all (``liverseg.networks.unet``), so weighting all of its outputs gives exactly
+nnU-Net's effective weights. For a network that returns nnU-Net's full list, ``zero_coarsest=True``
+gives its last output weight 0. Outputs with weight 0 are not evaluated at all, so their heads
+receive no gradient (under DistributedDataParallel pass explicit weights with a tiny value instead
+of 0, as nnU-Net does, or DDP complains about unused parameters).
 
 Targets and masks are downsampled on the fly to each output's size by nearest-neighbour sampling
 in torch's ``"nearest-exact"`` convention (the label at the centre of each block, as nnU-Net's
@@ -24,16 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def deep_supervision_weights(num_outputs: int) -> list[float]:
-    """nnU-Net's weights for ``num_outputs`` outputs: ``1/2^i``, the last (coarsest) 0, normalised to sum 1.
+def deep_supervision_weights(num_outputs: int, zero_coarsest: bool = False) -> list[float]:
+    """Weights ``1/2^i`` for ``num_outputs`` outputs (highest resolution first), normalised to sum 1.
 
-    A single output gets weight 1.
+    With ``zero_coarsest`` the last output gets 0 (nnU-Net, whose network also returns the level
+    just above the bottleneck); a single output always gets weight 1.
     """
     if num_outputs < 1:
         raise ValueError(f"deep supervision needs at least one output, got {num_outputs}")
-    if num_outputs == 1:
-        return [1.0]
-    raw = [0.5**i for i in range(num_outputs - 1)] + [0.0]
+    raw = [0.5**i for i in range(num_outputs)]
+    if zero_coarsest and num_outputs > 1:
+        raw[-1] = 0.0
     total = sum(raw)
     return [w / total for w in raw]
 
@@ -65,12 +69,14 @@ class DeepSupervisionLoss(nn.Module):
     Called as ``loss(outputs, target, mask=None)``: ``outputs`` a list of logits, highest
     resolution first, or a single logits tensor (then the wrapped loss is used as it is);
     ``target`` and ``mask`` at the resolution of the first output, or already as lists matching the
-    outputs. ``weights`` default to :func:`deep_supervision_weights` of the number of outputs.
+    outputs. ``weights`` default to :func:`deep_supervision_weights` of the number of outputs
+    (with ``zero_coarsest``).
     """
 
-    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None) -> None:
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None, zero_coarsest: bool = False) -> None:
         super().__init__()
         self.loss = loss
+        self.zero_coarsest = zero_coarsest
         if weights is not None:
             weights = [float(w) for w in weights]
             if any(w < 0 for w in weights) or not any(weights):
@@ -87,7 +93,7 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, Tensor):
             return self.loss(outputs, target, mask)
         outputs = list(outputs)
-        weights = self.weights if self.weights is not None else deep_supervision_weights(len(outputs))
+        weights = self.weights if self.weights is not None else deep_supervision_weights(len(outputs), self.zero_coarsest)
         if len(weights) != len(outputs):
             raise ValueError(f"{len(weights)} deep supervision weights for {len(outputs)} outputs")
         targets = _per_output(target, outputs, "target")

@@ -2,9 +2,11 @@
 
 nnU-Net's default is SGD with Nesterov momentum 0.99, learning rate 1e-2, weight decay 3e-5,
 poly decay with exponent 0.9 over the epochs and gradients clipped to norm 12. The ATLAS paper
-(Lambert et al. 2023) trained with Adam at 2e-4. Both are available by name; a user registers
-another optimiser with ``@OPTIMIZERS.register("name")`` on a factory taking
-``(params, lr, weight_decay, momentum, nesterov)``.
+(Lambert et al. 2023) trained with Adam at 2e-4. Optimisers by name: ``"sgd"`` (Nesterov unless
+turned off), ``"sgd_nesterov"`` (always Nesterov), ``"adam"``, ``"adamw"`` (decoupled weight
+decay); a user registers another with ``@OPTIMIZERS.register("name")`` on a factory taking
+``(params, lr, weight_decay, momentum, nesterov)``. Schedules by name (:func:`build_lr_schedule`):
+``"poly"`` and ``"constant"`` (the ATLAS paper kept Adam's rate fixed).
 
 The poly schedule and extended runs: the learning rate at step ``t`` is always
 ``initial_lr * (1 - t / max_steps) ** exponent``, computed from the current ``max_steps``. When a
@@ -63,9 +65,19 @@ def _sgd(params: Iterable[Any], lr: float, weight_decay: float, momentum: float,
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
+@OPTIMIZERS.register("sgd_nesterov")
+def _sgd_nesterov(params: Iterable[Any], lr: float, weight_decay: float, momentum: float, nesterov: bool) -> Optimizer:
+    return _sgd(params, lr, weight_decay, momentum, True)
+
+
 @OPTIMIZERS.register("adam")
 def _adam(params: Iterable[Any], lr: float, weight_decay: float, momentum: float, nesterov: bool) -> Optimizer:
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: Iterable[Any], lr: float, weight_decay: float, momentum: float, nesterov: bool) -> Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def poly_lr(initial_lr: float, step: int, max_steps: int, exponent: float = POLY_EXPONENT) -> float:
@@ -141,6 +153,25 @@ class PolyLR:
         lr = self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+
+class ConstantLR(PolyLR):
+    """A fixed learning rate with :class:`PolyLR`'s interface (steps, state dict, ``set_max_steps``)."""
+
+    @property
+    def lr(self) -> float:
+        """The learning rate: always the initial one."""
+        return self.initial_lr
+
+
+LR_SCHEDULES: Registry[Callable[..., PolyLR]] = Registry("learning-rate schedule")
+LR_SCHEDULES.register("poly")(PolyLR)
+LR_SCHEDULES.register("constant")(ConstantLR)
+
+
+def build_lr_schedule(name: str, optimizer: Optimizer, initial_lr: float, max_steps: int, exponent: float = POLY_EXPONENT) -> PolyLR:
+    """The schedule ``name`` (``"poly"`` or ``"constant"``) driving ``optimizer`` over ``max_steps`` steps."""
+    return LR_SCHEDULES.get(name)(optimizer, initial_lr, max_steps, exponent)
 
 
 def clip_gradients(parameters: nn.Module | Iterable[Tensor], max_norm: float = GRAD_CLIP_NORM) -> Tensor:

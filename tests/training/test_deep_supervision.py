@@ -28,14 +28,34 @@ def _pyramid_case(seed: int = 0, num_classes: int = 3):
     return outputs, target, mask
 
 
-def test_weights_halve_per_level_and_ignore_the_coarsest():
+def test_weights_halve_per_level_and_nnunet_style_ignores_the_coarsest():
     assert deep_supervision_weights(1) == [1.0]
-    assert deep_supervision_weights(2) == [1.0, 0.0]
-    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert deep_supervision_weights(1, zero_coarsest=True) == [1.0]
+    # 1, 1/2, 1/4 sums to 1.75
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert deep_supervision_weights(2, zero_coarsest=True) == [1.0, 0.0]
+    assert deep_supervision_weights(3, zero_coarsest=True) == pytest.approx([2 / 3, 1 / 3, 0.0])
     # 1, 1/2, 1/4, 1/8, 0 sums to 1.875
-    assert deep_supervision_weights(5) == pytest.approx([1 / 1.875, 0.5 / 1.875, 0.25 / 1.875, 0.125 / 1.875, 0.0])
+    expected = [1 / 1.875, 0.5 / 1.875, 0.25 / 1.875, 0.125 / 1.875, 0.0]
+    assert deep_supervision_weights(5, zero_coarsest=True) == pytest.approx(expected)
+    # liverseg's unet has no head where nnU-Net has its zero-weight one: the same effective weights
+    assert deep_supervision_weights(4) == pytest.approx(expected[:4])
     with pytest.raises(ValueError):
         deep_supervision_weights(0)
+
+
+def test_default_weights_fit_the_outputs_of_the_unet():
+    from liverseg.networks import build_network
+
+    # 5 stages: heads at 16x32x32, 16x16x16, 8x8x8; none at 4x4x4 (nnU-Net's zero-weight level)
+    net = build_network("unet", 1, 3, kernel_sizes=[[1, 3, 3]] + [[3, 3, 3]] * 4,
+                        strides=[[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * 3, features_per_stage=[2, 4, 4, 4, 4])
+    outputs = net(torch.randn(1, 1, *PYRAMID[0]))
+    assert [tuple(o.shape[2:]) for o in outputs] == PYRAMID
+    target = torch.randint(0, 3, (1, 1, *PYRAMID[0]))
+    DeepSupervisionLoss(build_loss("dice_ce"))(outputs, target).backward()
+    # every head that ran gets a gradient (no head is wasted, and DDP sees no unused parameter)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters() if p.requires_grad)
 
 
 def test_downsampling_picks_the_centre_of_each_block():
@@ -68,16 +88,16 @@ def test_loss_is_the_weighted_sum_over_levels(with_mask):
     wrapped = DeepSupervisionLoss(base)
     expected = sum(
         weight * float(base(output, _interpolated(target, size), _interpolated(mask, size) if with_mask else None))
-        for weight, output, size in zip([2 / 3, 1 / 3, 0.0], outputs, PYRAMID)
+        for weight, output, size in zip([4 / 7, 2 / 7, 1 / 7], outputs, PYRAMID)
     )
     assert float(wrapped(outputs, target, mask if with_mask else None)) == pytest.approx(expected, rel=1e-12)
 
 
-def test_the_coarsest_output_is_not_evaluated_and_gets_no_gradient():
+def test_with_zero_coarsest_the_last_output_is_not_evaluated_and_gets_no_gradient():
     outputs, target, _ = _pyramid_case(seed=2)
     outputs = [o.clone().requires_grad_(True) for o in outputs]
     broken = outputs[-1].detach().clone().fill_(float("nan")).requires_grad_(True)
-    value = DeepSupervisionLoss(build_loss("dice_mbls"))([*outputs[:-1], broken], target)
+    value = DeepSupervisionLoss(build_loss("dice_mbls"), zero_coarsest=True)([*outputs[:-1], broken], target)
     value.backward()
     assert torch.isfinite(value)
     assert all(torch.isfinite(o.grad).all() and o.grad.abs().sum() > 0 for o in outputs[:-1])

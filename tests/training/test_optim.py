@@ -9,7 +9,7 @@ from torch import nn
 
 from liverseg.errors import LiversegError
 from liverseg.training.losses import build_loss
-from liverseg.training.optim import OPTIMIZERS, PolyLR, build_optimizer, clip_gradients, poly_lr
+from liverseg.training.optim import OPTIMIZERS, PolyLR, build_lr_schedule, build_optimizer, clip_gradients, poly_lr
 
 
 def _model() -> nn.Module:
@@ -29,12 +29,16 @@ def test_sgd_is_nesterov_with_nnunet_defaults_and_adam_takes_its_rate():
     adam = build_optimizer("adam", _model().parameters(), lr=2e-4, weight_decay=0.0)
     assert isinstance(adam, torch.optim.Adam)
     assert (adam.param_groups[0]["lr"], adam.param_groups[0]["weight_decay"]) == (2e-4, 0.0)
-    assert OPTIMIZERS.names() == ["adam", "sgd"]
+    assert OPTIMIZERS.names() == ["adam", "adamw", "sgd", "sgd_nesterov"]
+    assert isinstance(build_optimizer("adamw", _model().parameters(), lr=1e-3), torch.optim.AdamW)
+    plain = build_optimizer("sgd", _model().parameters(), lr=0.01, nesterov=False).param_groups[0]
+    forced = build_optimizer("sgd_nesterov", _model().parameters(), lr=0.01, nesterov=False).param_groups[0]
+    assert (plain["nesterov"], forced["nesterov"]) == (False, True)
 
 
 def test_bad_optimiser_settings_are_user_errors():
     params = list(_model().parameters())
-    with pytest.raises(LiversegError, match="unknown optimizer 'rmsprop'; registered: adam, sgd"):
+    with pytest.raises(LiversegError, match="unknown optimizer 'rmsprop'; registered: adam, adamw, sgd, sgd_nesterov"):
         build_optimizer("rmsprop", params, lr=0.01)
     for lr in (0, -1e-3, float("nan"), "0.01"):
         with pytest.raises(LiversegError, match="learning rate"):
@@ -107,6 +111,17 @@ def test_finished_run_extended_restarts_at_the_hand_computed_rate():
     schedule.set_max_steps(1500)
     # (1 - 1000/1500) ** 0.9 = (1/3) ** 0.9 = 0.372041...
     assert schedule.lr == pytest.approx(0.01 * 0.3720410, rel=1e-6)
+
+
+def test_schedules_by_name_and_the_constant_schedule():
+    optimizer = build_optimizer("adam", _model().parameters(), lr=2e-4)
+    constant = build_lr_schedule("constant", optimizer, 2e-4, max_steps=3)
+    assert [constant.step() for _ in range(5)] == [2e-4] * 5
+    constant.set_max_steps(10)
+    assert optimizer.param_groups[0]["lr"] == 2e-4
+    assert isinstance(build_lr_schedule("poly", optimizer, 2e-4, max_steps=3), PolyLR)
+    with pytest.raises(LiversegError, match="unknown learning-rate schedule 'cosine'; registered: constant, poly"):
+        build_lr_schedule("cosine", optimizer, 2e-4, max_steps=3)
 
 
 def test_clipping_scales_the_global_norm_down_to_the_limit():
