@@ -50,14 +50,16 @@ def _labels_from_image(image):
     return ((image > THRESHOLDS[0]).astype(np.int16) + (image > THRESHOLDS[1]).astype(np.int16))
 
 
+@pytest.mark.parametrize("label_interpolation", ["linear", "nearest"])
 @pytest.mark.parametrize("anisotropic, patch", [(True, PATCH_ANISO), (False, PATCH_ISO)])
-def test_spatial_augmentation_keeps_label_aligned_with_image(anisotropic, patch):
+def test_spatial_augmentation_keeps_label_aligned_with_image(anisotropic, patch, label_interpolation):
     # The label is a function of the image (two thresholds). After rotation, scaling, elastic deformation and
     # mirroring, thresholding the transformed image must give the transformed label wherever the label is not
     # at an edge: at edges, interpolating the label moves its boundary to mid-voxel, while the image keeps the
     # exact crossing, so one-voxel differences there are expected.
     pipeline = build_training_transforms(patch, anisotropic, mirror_axes=(0, 1, 2), elastic=True, p_elastic=1.0,
-                                         p_rotation=1.0, p_scaling=1.0, **NO_INTENSITY)
+                                         p_rotation=1.0, p_scaling=1.0, label_interpolation=label_interpolation,
+                                         **NO_INTENSITY)
     region = sampling_region_size(patch, anisotropic)
     sigma = (2.0, 6.0, 6.0) if anisotropic else 5.0
     cross = ndimage.generate_binary_structure(3, 1)
@@ -71,7 +73,7 @@ def test_spatial_augmentation_keeps_label_aligned_with_image(anisotropic, patch)
                 == ndimage.maximum_filter(expected, footprint=cross, mode="nearest"))
         assert away.mean() > 0.7
         assert np.mean(label[away] == expected[away]) > 0.999
-        assert np.mean(label == expected) > 0.97
+        assert np.mean(label == expected) > 0.95
         # a label two voxels off would be caught
         assert np.mean(label[away] == np.roll(expected, 2, axis=2)[away]) < 0.99
 
@@ -236,6 +238,7 @@ def test_validation_transforms_cut_the_centre():
     (dict(scale_range=(1.4, 0.7)), "scale range"),
     (dict(p_rotation=1.5), "p_rotation"),
     (dict(slice_thickness_max_factor=0.5), "slice_thickness_max_factor"),
+    (dict(label_interpolation="cubic"), "label_interpolation"),
 ])
 def test_bad_settings_are_rejected_clearly(kwargs, message):
     settings = dict(patch_size=PATCH_ANISO, anisotropic=True) | kwargs
