@@ -46,9 +46,7 @@ in a module imported before training, or from an installed package through the
 from __future__ import annotations
 
 import inspect
-import logging
 import math
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 import torch
@@ -58,10 +56,9 @@ from torch import Tensor, nn
 from liverseg.errors import LiversegError
 from liverseg.registry import Registry
 
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "liverseg.losses"
-LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss", entry_point_group=ENTRY_POINT_GROUP)
 DEFAULT_LOSS = "dice_ce"
 DICE_SMOOTH = 1e-5
 MBLS_MARGIN = 10.0
@@ -76,30 +73,11 @@ _MIN_FOCAL_BASE = 1e-12
 
 def available_losses() -> list[str]:
     """Names a plan may use: registered losses plus those installed packages declare."""
-    return sorted(set(LOSSES.names()) | set(_entry_points()))
+    return LOSSES.available()
 
 
 def get_loss(name: str) -> Callable[..., nn.Module]:
     """The loss factory called ``name``; loads an entry-point plugin on first use."""
-    if name in LOSSES:
-        return LOSSES.get(name)
-    plugins = _entry_points()
-    if name not in plugins:
-        raise LiversegError(
-            f"unknown loss '{name}'; available: {', '.join(available_losses())}. Register your own with "
-            f"@LOSSES.register('{name}') in a module you import, or through the '{ENTRY_POINT_GROUP}' entry-point group"
-        )
-    entry = plugins[name]
-    origin = f"entry point '{name} = {entry.value}'" + (f" of {entry.dist.name}" if entry.dist is not None else "")
-    try:
-        loaded = entry.load()
-    except Exception as error:  # a plugin may fail in any way; say which one and why
-        raise LiversegError(f"loss '{name}': cannot load {origin}: {type(error).__name__}: {error}; fix or reinstall that package") from error
-    if name not in LOSSES:  # the entry point names the factory itself, not a module registering it
-        if not callable(loaded):
-            raise LiversegError(f"loss '{name}': {origin} loaded {loaded!r}, which neither registers '{name}' nor is a loss factory")
-        LOSSES.register(name)(loaded)
-    log.info("loaded loss '%s' from %s", name, origin)
     return LOSSES.get(name)
 
 
@@ -241,10 +219,6 @@ def prepare_inputs(logits: Tensor, target: Tensor, mask: Tensor | None = None) -
     if tuple(weight.shape) != (batch, *spatial):
         raise ValueError(f"mask shape {tuple(weight.shape)} does not match logits {tuple(logits.shape)}")
     return logits, target, weight.to(logits.dtype)
-
-
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _squeeze_channel(tensor: Tensor, logits_ndim: int, what: str) -> Tensor:

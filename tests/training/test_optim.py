@@ -38,7 +38,7 @@ def test_sgd_is_nesterov_with_nnunet_defaults_and_adam_takes_its_rate():
 
 def test_bad_optimiser_settings_are_user_errors():
     params = list(_model().parameters())
-    with pytest.raises(LiversegError, match="unknown optimizer 'rmsprop'; registered: adam, adamw, sgd, sgd_nesterov"):
+    with pytest.raises(LiversegError, match="unknown optimizer 'rmsprop'; available: adam, adamw, sgd, sgd_nesterov"):
         build_optimizer("rmsprop", params, lr=0.01)
     for lr in (0, -1e-3, float("nan"), "0.01"):
         with pytest.raises(LiversegError, match="learning rate"):
@@ -120,7 +120,7 @@ def test_schedules_by_name_and_the_constant_schedule():
     constant.set_max_steps(10)
     assert optimizer.param_groups[0]["lr"] == 2e-4
     assert isinstance(build_lr_schedule("poly", optimizer, 2e-4, max_steps=3), PolyLR)
-    with pytest.raises(LiversegError, match="unknown learning-rate schedule 'cosine'; registered: constant, poly"):
+    with pytest.raises(LiversegError, match="unknown learning-rate schedule 'cosine'; available: constant, poly"):
         build_lr_schedule("cosine", optimizer, 2e-4, max_steps=3)
 
 
