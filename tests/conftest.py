@@ -4,6 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny tensors gain nothing from threads, and on a shared 2-core machine thread contention makes
+# them many times slower: the whole suite runs single-threaded in torch.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
