@@ -143,15 +143,21 @@ def build_training_transforms(
     look like up to 5 mm ones. With ``deep_supervision_scales`` (per output, the size relative to the
     patch, per axis) the ``segmentation`` comes out as a list, one tensor per output.
     ``label_interpolation`` is ``"linear"`` (each label's indicator interpolated linearly, the
-    largest wins: smooth boundaries, nnU-Net's choice) or ``"nearest"`` (3-10x cheaper on large
-    regions, blockier boundaries when zooming in).
+    largest wins: smooth boundaries, nnU-Net's choice) or ``"nearest"`` (several times cheaper on
+    large regions, blockier boundaries when zooming in).
     """
-    probabilities = {name: value for name, value in locals().items() if name.startswith("p_")}
+    probabilities = dict(p_rotation=p_rotation, p_scaling=p_scaling, p_elastic=p_elastic, p_noise=p_noise,
+                         p_blur=p_blur, p_brightness=p_brightness, p_contrast=p_contrast,
+                         p_low_resolution=p_low_resolution, p_gamma=p_gamma, p_gamma_inverted=p_gamma_inverted,
+                         p_bias_field=p_bias_field, p_slice_thickness=p_slice_thickness)
     _check_settings(patch_size, mirror_axes, scale_range, probabilities)
     if label_interpolation not in _LABEL_MODES:
         raise LiversegError(f"label_interpolation must be one of {sorted(_LABEL_MODES)}, got {label_interpolation!r}")
     if slice_thickness_max_factor < 1:
         raise LiversegError(f"slice_thickness_max_factor must be >= 1, got {slice_thickness_max_factor}")
+    if rotation_deg < 0 or bias_field_amplitude < 0:
+        raise LiversegError(f"rotation_deg and bias_field_amplitude must be >= 0, got {rotation_deg} and "
+                            f"{bias_field_amplitude}")
     patch_size = tuple(int(s) for s in patch_size)
     rotation_axes = (Z_AXIS,) if anisotropic else (0, 1, 2)
     frozen_axes = (Z_AXIS,) if anisotropic else ()

@@ -48,15 +48,16 @@ class PerSampleTransform:
         self.transforms = transforms
 
     def __call__(self, **batch: Any) -> dict[str, Any]:
-        data = torch.as_tensor(batch.pop("data")).float()
+        # one copy we own: transforms work in place, and the loader's arrays may be shared or memory-mapped
+        data = torch.as_tensor(batch.pop("data")).to(torch.float32, copy=True)
         seg = batch.pop("seg", None)
-        seg = torch.as_tensor(seg).to(torch.int16) if seg is not None else None
+        seg = torch.as_tensor(seg).to(torch.int16, copy=True) if seg is not None else None
         images, targets = [], []
         with torch.no_grad():
             for b in range(data.shape[0]):
-                sample = {"image": data[b].clone()}
+                sample = {"image": data[b]}
                 if seg is not None:
-                    sample["segmentation"] = seg[b].clone()
+                    sample["segmentation"] = seg[b]
                 out = self.transforms(**sample)
                 images.append(out["image"])
                 targets.append(out.get("segmentation"))

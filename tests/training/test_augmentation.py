@@ -239,6 +239,8 @@ def test_validation_transforms_cut_the_centre():
     (dict(p_rotation=1.5), "p_rotation"),
     (dict(slice_thickness_max_factor=0.5), "slice_thickness_max_factor"),
     (dict(label_interpolation="cubic"), "label_interpolation"),
+    (dict(rotation_deg=-10), "rotation_deg"),
+    (dict(p_bias_field=-0.1), "p_bias_field"),
 ])
 def test_bad_settings_are_rejected_clearly(kwargs, message):
     settings = dict(patch_size=PATCH_ANISO, anisotropic=True) | kwargs

@@ -136,6 +136,19 @@ def test_deep_supervision_targets_are_stacked_per_output():
     assert all(t.dtype == torch.int16 for t in target)
 
 
+def test_the_loaders_arrays_are_left_unchanged():
+    # transforms work in place; a patch cut without interpolation is a view of the loader's array, which may be
+    # a cached or memory-mapped case: the batch transform must work on its own copy
+    pipeline = build_training_transforms(REGION, True, mirror_axes=(), p_rotation=0, p_scaling=0, p_brightness=1,
+                                         p_gamma=1, bias_field=True, p_bias_field=1)
+    data = np.ones((2, 1, *REGION), dtype=np.float32)
+    seg = np.ones((2, 1, *REGION), dtype=np.int16)
+    with background_augmenter(iter([{"data": data, "seg": seg}] * 3), pipeline, num_workers=0) as batches:
+        out = next(batches)
+    assert not torch.equal(out["data"], torch.ones_like(out["data"]))
+    assert (data == 1).all() and (seg == 1).all()
+
+
 def test_worker_seeds_are_distinct_and_derived_from_the_run_seed():
     seeds = worker_seeds(42, 4)
     assert len(set(seeds)) == 4 and all(0 <= s < 2**31 for s in seeds)
