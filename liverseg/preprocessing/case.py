@@ -134,10 +134,10 @@ def preprocess_case(
 ) -> tuple[list[dict[str, Any]], CaseTimings]:
     """Preprocess one case for several specs (read once) and save it into one folder per spec.
 
-    Writes ``<case>.npy``, ``<case>_seg.npy``, ``<case>_locations.npz`` and, last,
-    ``<case>.json`` (its properties merged with ``extra_properties[i]``), each atomically; an existing json
-    is deleted first, so a case is complete exactly when its json exists. Returns the properties
-    per spec and the time spent per step.
+    Writes ``<case>.npy``, ``<case>_seg.npy`` and ``<case>_locations.npz`` (the last two only with
+    a label) and, last, ``<case>.json`` (its properties merged with ``extra_properties[i]``), each
+    atomically; an existing json is deleted first, so a case is complete exactly when its json
+    exists. Returns the properties per spec and the time spent per step.
     """
     if len(specs) != len(folders) or (extra_properties is not None and len(extra_properties) != len(specs)):
         raise ValueError("preprocess_case needs one folder (and one extra_properties entry, if any) per spec")
@@ -163,6 +163,9 @@ def preprocess_case(
         if result.seg is not None:
             _save_npy(files["seg"], result.seg)
             save_locations(files["locations"], locations)
+        else:  # no label: leave no label of an earlier run beside the new image
+            files["seg"].unlink(missing_ok=True)
+            files["locations"].unlink(missing_ok=True)
         write_json(files["json"], properties)
         timings.add("save", start)
         results.append(properties)

@@ -172,3 +172,13 @@ def test_float_label_with_whole_values_is_accepted(tmp_path):
     as_float = write(tmp_path / "float.nii.gz", label.astype(np.float32))
     props, _ = preprocess_case([image_file], as_float, [nearest_spec()], [tmp_path / "out"], "case")
     assert props[0]["class_voxels_original"]["2"] == 32
+
+
+def test_case_without_label_has_no_seg_even_after_a_labelled_run(tmp_path):
+    image_file, label_file, _, _ = constructed_case(tmp_path)
+    preprocess_case([image_file], label_file, [nearest_spec()], [tmp_path / "out"], "case")
+    props, _ = preprocess_case([image_file], None, [nearest_spec()], [tmp_path / "out"], "case")
+    data, seg, saved = load_preprocessed_case(tmp_path / "out", "case")
+    assert seg is None and data.shape == (1, 8, 15, 18)
+    assert not case_files(tmp_path / "out", "case")["locations"].exists()
+    assert "class_voxels" not in saved and "num_lesions" not in saved and saved == props[0]
