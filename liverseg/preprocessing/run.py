@@ -119,6 +119,11 @@ def preprocess_dataset(
     return folders
 
 
+def preprocessed_cases(folder: str | Path) -> list[str]:
+    """The complete cases of a preprocessed folder (those whose ``<case>.json`` exists), sorted."""
+    return sorted(p.stem for p in Path(folder).glob("*.json") if p.name != SPEC_FILE and not p.name.startswith("."))
+
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's bytes, read in chunks (a 30 MB image takes a few hundredths of a second)."""
     digest = hashlib.sha256()

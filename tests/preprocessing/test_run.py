@@ -21,7 +21,7 @@ from liverseg.errors import LiversegError
 from liverseg.io.dataset import RawDataset
 from liverseg.preprocessing.case import case_files, load_preprocessed_case
 from liverseg.preprocessing.locations import load_locations
-from liverseg.preprocessing.run import SPEC_FILE, preprocess_dataset
+from liverseg.preprocessing.run import SPEC_FILE, preprocess_dataset, preprocessed_cases
 from liverseg.preprocessing.spec import PreprocessingSpec
 
 SPEC = PreprocessingSpec(target_spacing=(3.0, 1.2, 1.2), normalization=("zscore_foreground",))
@@ -59,6 +59,7 @@ def test_layout_properties_and_memory_mapping(dataset, stores):
     folder = stores["preprocessed"] / "Tiny" / SPEC.folder_name
     assert folders == {SPEC.folder_name: folder}
     assert json.loads((folder / SPEC_FILE).read_text()) == SPEC.to_dict()
+    assert preprocessed_cases(folder) == CASES
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [SPEC_FILE] + [p.name for case in CASES for p in case_files(folder, case).values()]
     )
@@ -147,7 +148,7 @@ def test_problems_of_single_cases_are_reported_together_after_the_others(dataset
     message = str(info.value)
     assert "1 case(s)" in message and str(dataset.label_file(CASES[1])) in message
     folder = tmp_path / "out" / SPEC.folder_name
-    assert sorted(p.name for p in folder.glob("phantom_*.json")) == [f"{CASES[0]}.json", f"{CASES[2]}.json"]
+    assert preprocessed_cases(folder) == [CASES[0], CASES[2]]
 
 
 def test_bad_specs_and_datasets_are_refused_before_any_work(dataset, tmp_path):
@@ -194,12 +195,11 @@ def test_killed_run_followed_by_a_rerun_ends_complete_and_correct(stores, tmp_pa
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes
         process.wait()
-    complete = [p for p in folder.glob("phantom_*.json")]
-    assert 1 <= len(complete) < cases  # killed mid-run
+    assert 1 <= len(preprocessed_cases(folder)) < cases  # killed mid-run
 
     preprocess_dataset(root, [spec], killed, num_workers=1)
     preprocess_dataset(root, [spec], clean, num_workers=1)
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".tmp")]
-    assert len(list(folder.glob("phantom_*.json"))) == cases
+    assert preprocessed_cases(folder) == [f"phantom_{i:03d}" for i in range(cases)]
     assert_same_outputs(folder, clean / spec.folder_name)
     shutil.rmtree(clean)
