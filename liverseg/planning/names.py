@@ -1,0 +1,53 @@
+"""The names a plan may use for networks, losses, optimisers, combine rules and post-processing steps.
+
+A plan names these parts as strings, and they are checked here when a plan is built or loaded,
+so a typo in a hand-edited plans.json fails at once and not hours into training. Networks,
+losses, optimisers and learning-rate schedules are looked up in their registries (which include
+the names installed plugins declare); the kinds without a registry yet (combine rules,
+post-processing steps) are listed in :data:`KNOWN_NAMES` until their registries exist.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from liverseg.errors import LiversegError
+from liverseg.networks import available_networks
+from liverseg.training.losses import available_losses
+from liverseg.training.optim import LR_SCHEDULES, OPTIMIZERS
+
+KNOWN_NAMES: dict[str, tuple[str, ...]] = {
+    # How the models of a pipeline become one 3-class label map.
+    "combine": ("argmax", "dual_binary_merge", "cascade_paste"),
+    # The ATLAS paper's three steps (Lambert et al. 2023), in their usual order.
+    "postprocessing": ("largest_liver_component_fill_holes", "remove_tumour_outside_liver", "close_tumour"),
+    # What a model's patch must hold: the liver box, lesion boxes plus context, or the whole volume.
+    "bbox_target": ("liver", "lesions", "volume"),
+    # The grid a model works on: the plan's target spacing, or the cascade's coarse spacing.
+    "resolution": ("full", "low"),
+    # When a pipeline is worth training: always, or only when volumes are much larger than a patch.
+    "emit": ("always", "large_volume"),
+}
+_REGISTRIES: dict[str, Callable[[], list[str]]] = {
+    "network": available_networks,
+    "loss": available_losses,
+    "optimizer": OPTIMIZERS.names,
+    "lr_schedule": LR_SCHEDULES.names,
+}
+
+
+def known_names(kind: str) -> tuple[str, ...]:
+    """The names of one kind (``network``, ``loss``, ``combine``, ...) that a plan may use."""
+    if kind in _REGISTRIES:
+        return tuple(_REGISTRIES[kind]())
+    try:
+        return KNOWN_NAMES[kind]
+    except KeyError:
+        raise ValueError(f"no list of {kind} names; kinds: {', '.join([*_REGISTRIES, *KNOWN_NAMES])}") from None
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it is a known ``kind`` name; a LiversegError listing the known ones otherwise."""
+    names = known_names(kind)
+    if name not in names:
+        raise LiversegError(f"unknown {kind} name {name!r}; known: {', '.join(names)}")
+    return str(name)
