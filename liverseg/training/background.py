@@ -15,7 +15,7 @@ batch only with ``num_workers`` 0 or 1. With 0, nothing is reseeded: the pipelin
 caller's global RNGs, which the trainer seeds and saves in its checkpoints.
 
 Clean stops. The context manager stops the workers when its block ends for any reason (also an
-exception or Ctrl-C), and each worker exits by itself within about a second when its parent
+exception or Ctrl-C), and each worker exits by itself within about a second when the training
 process dies (e.g. SIGKILL), so a killed run leaves no orphans. Workers are forked on Linux; on a
 platform that spawns them, loader and pipeline must be picklable (the pipelines built by
 :mod:`liverseg.training.augmentation` are).
@@ -152,17 +152,39 @@ class _WorkerLoader:
         return getattr(self._loader, name)
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Start a daemon thread that ends this process as soon as ``parent_pid`` is no longer its parent."""
-    if os.getpid() == parent_pid:  # in-process use: nothing to watch
+def _watch_parent(main_pid: int) -> None:
+    """In a worker, start a daemon thread that ends the process as soon as the training process is gone.
+
+    Two signs, checked every half second: the worker was re-parented (its parent, the training
+    process when workers are forked or spawned, died), or the training process no longer runs (under
+    the forkserver start method the parent is multiprocessing's fork server, which stays alive as
+    long as any worker does).
+    """
+    if os.getpid() == main_pid:  # in-process use: nothing to watch
         return
+    parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == parent and not _process_gone(main_pid):
             time.sleep(_PARENT_POLL_SECONDS)
-        os._exit(0)  # the parent is gone: nobody will read our batches, and no state needs flushing
+        os._exit(0)  # nobody will read our batches, and no state needs flushing
 
     threading.Thread(target=watch, name="liverseg-parent-watch", daemon=True).start()
+
+
+def _process_gone(pid: int) -> bool:
+    """True if process ``pid`` has ended (also when it is a zombie nobody has reaped yet, on Linux)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager

@@ -165,12 +165,13 @@ def test_a_loader_that_ends_is_rejected():
 
 
 SCRIPT = """
-import sys, time
+import multiprocessing, sys, time
 sys.path.insert(0, {tests!r})
 from test_background import RandomLoader, _pipeline
 from liverseg.training.background import background_augmenter, worker_pids
 
 if __name__ == "__main__":
+    multiprocessing.set_start_method({method!r})
     with background_augmenter(RandomLoader(), _pipeline(), num_workers=2, seed=0) as batches:
         next(batches)
         print("PIDS", *worker_pids(batches), flush=True)
@@ -180,9 +181,9 @@ if __name__ == "__main__":
 """
 
 
-def _start_training_like_process(tmp_path: Path):
+def _start_training_like_process(tmp_path: Path, method: str = "fork"):
     script = tmp_path / "train_like.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent))))
+    script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent), method=method)))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     assert line.startswith("PIDS"), process.stderr.read()
@@ -199,8 +200,9 @@ def test_ctrl_c_stops_the_workers(tmp_path):
     assert _wait_dead(pids, timeout=5)
 
 
-def test_workers_exit_when_the_trainer_is_killed(tmp_path):
-    process, pids = _start_training_like_process(tmp_path)
+@pytest.mark.parametrize("method", ["fork", "forkserver"])  # Linux's default before Python 3.14, and from 3.14
+def test_workers_exit_when_the_trainer_is_killed(tmp_path, method):
+    process, pids = _start_training_like_process(tmp_path, method)
     process.kill()  # SIGKILL: no cleanup code runs in the parent; the workers notice on their own
     process.wait(timeout=10)
     assert _wait_dead(pids, timeout=5)
