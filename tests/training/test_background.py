@@ -184,7 +184,8 @@ if __name__ == "__main__":
 def _start_training_like_process(tmp_path: Path, method: str = "fork"):
     script = tmp_path / "train_like.py"
     script.write_text(textwrap.dedent(SCRIPT.format(tests=str(Path(__file__).parent), method=method)))
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group, as a command started in a terminal
     line = process.stdout.readline()
     assert line.startswith("PIDS"), process.stderr.read()
     pids = [int(p) for p in line.split()[1:]]
@@ -200,7 +201,15 @@ def test_ctrl_c_stops_the_workers(tmp_path):
     assert _wait_dead(pids, timeout=5)
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver"])  # Linux's default before Python 3.14, and from 3.14
+def test_ctrl_c_in_a_terminal_stops_everything(tmp_path):
+    process, pids = _start_training_like_process(tmp_path)
+    os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group, workers too
+    assert process.wait(timeout=20) != 0
+    assert _wait_dead(pids, timeout=5)
+
+
+# Linux's default start method before Python 3.14, and from 3.14 (slower: each worker imports torch afresh)
+@pytest.mark.parametrize("method", ["fork", pytest.param("forkserver", marks=pytest.mark.slow)])
 def test_workers_exit_when_the_trainer_is_killed(tmp_path, method):
     process, pids = _start_training_like_process(tmp_path, method)
     process.kill()  # SIGKILL: no cleanup code runs in the parent; the workers notice on their own
