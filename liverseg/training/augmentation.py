@@ -83,7 +83,7 @@ class _InPlaneScale:
 
 
 class _ElasticMagnitude:
-    """Elastic displacement (voxels) up to a quarter of the smoothing width, so the warp cannot fold; 0 along z if fixed."""
+    """Elastic displacement in voxels: up to a quarter of the field's smoothing width (a gentle warp), 0 on frozen axes."""
 
     def __init__(self, frozen_axes: Sequence[int]) -> None:
         self.frozen_axes = tuple(frozen_axes)
@@ -98,7 +98,8 @@ class _ElasticMagnitude:
 def _check_settings(patch_size: Sequence[int], mirror_axes: Sequence[int], scale_range: Sequence[float],
                     probabilities: dict[str, float]) -> None:
     if len(patch_size) != 3 or any(int(s) != s or s < 1 for s in patch_size):
-        raise LiversegError(f"augmentation needs a 3D patch size of positive integers (z, y, x), got {list(patch_size)}")
+        raise LiversegError(f"augmentation needs a 3D patch size of positive integers (z, y, x), "
+                            f"got {list(patch_size)}")
     if any(a not in (0, 1, 2) for a in mirror_axes):
         raise LiversegError(f"mirror axes must be among 0 (z), 1 (y), 2 (x); got {list(mirror_axes)}")
     if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
