@@ -33,12 +33,25 @@ COORDINATES = ("world: (x, y, z) mm, ITK/DICOM patient frame (LPS); voxel: (z, y
 # Probabilities may come from float16 maps or interpolation: allow this much outside [0, 1].
 _PROBABILITY_SLACK = 1e-3
 
-LESION_COLUMNS = ("case_id", "lesion_id", "num_voxels", "volume_ml", "longest_axial_diameter_mm",
+LESION_COLUMNS = ("case_id", "lesion_id", "component_id", "num_voxels", "volume_ml", "longest_axial_diameter_mm",
                   "centroid_x_mm", "centroid_y_mm", "centroid_z_mm", "mean_tumour_probability", "uncertainty",
                   "centroid_voxel_z", "centroid_voxel_y", "centroid_voxel_x",
                   "bbox_z_start", "bbox_z_stop", "bbox_y_start", "bbox_y_stop", "bbox_x_start", "bbox_x_stop")
 CASE_COLUMNS = ("case_id", "num_lesions", "liver_volume_ml", "liver_parenchyma_volume_ml", "tumour_volume_ml",
                 "tumour_burden", "largest_lesion_volume_ml")
+
+
+def _instances(label: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """The instance map and, for report id ``k``, the raster-order component id at index ``k - 1``."""
+    components, count = label_components(np.asarray(label), TUMOUR, connectivity)
+    if count > np.iinfo(np.uint16).max:
+        raise LiversegError(f"the label map has {count} separate lesions, more than a lesion map can number; "
+                            "remove specks first (post-processing step remove_small_lesions)")
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    order = np.lexsort((np.arange(count), -sizes[1:])) + 1  # raster ids, largest first
+    new_id = np.zeros(count + 1, dtype=np.uint16)
+    new_id[order] = np.arange(1, count + 1, dtype=np.uint16)
+    return new_id[components], order
 
 
 def lesion_instance_map(label: np.ndarray, connectivity: int = 26) -> np.ndarray:
@@ -47,15 +60,7 @@ def lesion_instance_map(label: np.ndarray, connectivity: int = 26) -> np.ndarray
     A lesion is a ``connectivity``-connected component of label 2; lesions of equal size keep
     their raster order. Saved beside the label map, it lets a viewer show lesion ``k`` of the report.
     """
-    components, count = label_components(np.asarray(label), TUMOUR, connectivity)
-    if count > np.iinfo(np.uint16).max:
-        raise LiversegError(f"the label map has {count} separate lesions, more than a lesion map can number; "
-                            "remove specks first (post-processing step remove_small_lesions)")
-    sizes = np.bincount(components.ravel(), minlength=count + 1)
-    order = np.lexsort((np.arange(count), -sizes[1:])) + 1  # old ids, largest first
-    new_id = np.zeros(count + 1, dtype=np.uint16)
-    new_id[order] = np.arange(1, count + 1, dtype=np.uint16)
-    return new_id[components]
+    return _instances(label, connectivity)[0]
 
 
 def voxel_to_world(index_zyx: np.ndarray, spacing: Sequence[float], origin: Sequence[float],
@@ -103,7 +108,8 @@ def lesion_report(
     probability and uncertainty fields are None. ``liver_volume_ml`` is the whole liver (labels 1
     and 2), ``liver_parenchyma_volume_ml`` label 1 only; ``tumour_burden`` is tumour / whole liver
     (:func:`liverseg.evaluation.metrics.tumor_burden`). Lesions are sorted largest first, with the
-    ids :func:`lesion_instance_map` gives them.
+    ids :func:`lesion_instance_map` gives them; ``component_id`` is the lesion's raster-order id, the
+    one :func:`liverseg.lesion_measures.lesion_table` and the evaluation's lesion matching use.
     """
     label = check_label(label, f"{case_id}: label map")
     if geometry is not None:
@@ -113,7 +119,7 @@ def lesion_report(
     if spacing is None:
         raise ValueError("lesion_report needs a geometry or a spacing")
     voxel_ml = float(np.prod(np.asarray(spacing, dtype=np.float64))) / 1000.0
-    instance = lesion_instance_map(label, connectivity)
+    instance, component_ids = _instances(label, connectivity)
     lesions = measure_components(instance, spacing) if instance.any() else []
     means = (_mean_probabilities(instance, len(lesions), tumour_probability, case_id)
              if tumour_probability is not None else None)
@@ -123,6 +129,7 @@ def lesion_report(
         mean = None if means is None else float(means[k])
         rows.append({
             "id": lesion["id"],
+            "component_id": int(component_ids[k]),
             "num_voxels": lesion["num_voxels"],
             "volume_ml": lesion["volume_ml"],
             "longest_axial_diameter_mm": lesion["longest_axial_diameter_mm"],
@@ -205,7 +212,8 @@ def write_run_table(reports: Iterable[dict[str, Any]], path: str | Path, cases_p
     for report in reports:
         for lesion in report["lesions"]:
             (z0, z1), (y0, y1), (x0, x1) = lesion["bbox"]
-            lesion_rows.append([report["case_id"], lesion["id"], lesion["num_voxels"], lesion["volume_ml"],
+            lesion_rows.append([report["case_id"], lesion["id"], lesion["component_id"], lesion["num_voxels"],
+                                lesion["volume_ml"],
                                 lesion["longest_axial_diameter_mm"], *lesion["centroid_world_mm"],
                                 lesion["mean_tumour_probability"], lesion["uncertainty"],
                                 *lesion["centroid_voxel"], z0, z1, y0, y1, x0, x1])

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from liverseg.errors import LiversegError
 from liverseg.evaluation.metrics import tumor_burden
 from liverseg.io.images import read_image
+from liverseg.lesion_measures import lesion_table
 from liverseg.postprocessing.report import (
     CASE_COLUMNS,
     LESION_COLUMNS,
@@ -58,6 +59,17 @@ def test_lesions_are_measured_and_sorted_by_size():
     # Identity direction, zero origin: world (x, y, z) is the voxel centre times the spacing.
     z, y, x = lesions[0]["centroid_voxel"]
     assert lesions[0]["centroid_world_mm"] == pytest.approx([x * 0.7, y * 0.8, z * 3.0])
+
+
+def test_component_ids_are_the_raster_order_ids_of_the_lesion_table():
+    """The evaluation numbers lesions in raster order; component_id links a report lesion to it."""
+    label = _case()
+    report = lesion_report(label, spacing=SPACING)
+    assert [lesion["component_id"] for lesion in report["lesions"]] == [2, 3, 1]  # SMALL comes first in raster order
+    table = {row["id"]: row for row in lesion_table(label, SPACING)}
+    for lesion in report["lesions"]:
+        row = table[lesion["component_id"]]
+        assert (row["num_voxels"], row["bbox"]) == (lesion["num_voxels"], lesion["bbox"])
 
 
 def test_instance_map_ids_match_the_report():
@@ -183,8 +195,8 @@ def test_run_tables(tmp_path):
     with open(tmp_path / "lesions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == LESION_COLUMNS
-    assert [(r["case_id"], r["lesion_id"]) for r in rows] == [("a", "1"), ("a", "2"), ("a", "3"),
-                                                             ("c", "1"), ("c", "2"), ("c", "3")]
+    assert [(r["case_id"], r["lesion_id"], r["component_id"]) for r in rows] == [
+        ("a", "1", "2"), ("a", "2", "3"), ("a", "3", "1"), ("c", "1", "2"), ("c", "2", "3"), ("c", "3", "1")]
     assert float(rows[0]["volume_ml"]) == pytest.approx(320 * VOXEL_ML)
     assert float(rows[0]["uncertainty"]) == pytest.approx(0.4, abs=1e-6)
     assert rows[3]["uncertainty"] == "" and rows[3]["mean_tumour_probability"] == ""
