@@ -46,11 +46,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
             raise LiversegError(f"device '{device}' was asked for but torch {torch.__version__} ({build}) sees no CUDA "
-                                "GPU; use --device cpu (or auto), or install a CUDA build of torch and check the driver "
-                                "with nvidia-smi")
+                                "GPU; use --device cpu (or auto), or install a CUDA build of torch and check the "
+                                "driver with nvidia-smi")
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
-            raise LiversegError(f"device '{device}' does not exist: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}")
+            raise LiversegError(f"device '{device}' does not exist: torch sees {count} GPU(s), "
+                                f"cuda:0 to cuda:{count - 1}")
     return resolved
 
 

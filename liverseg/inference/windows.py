@@ -123,7 +123,8 @@ def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = DEFA
 
 
 def axis_weight_sums(image_size: Sequence[int], patch_size: Sequence[int], steps: Sequence[Sequence[int]],
-                     sigma_scale: float = DEFAULT_SIGMA_SCALE, min_weight: float = DEFAULT_MIN_WEIGHT) -> list[np.ndarray]:
+                     sigma_scale: float = DEFAULT_SIGMA_SCALE,
+                     min_weight: float = DEFAULT_MIN_WEIGHT) -> list[np.ndarray]:
     """Per axis, the sum over window offsets of the one-dimensional Gaussian factors (float64).
 
     Because the importance map and the window grid are both products over axes, the total
