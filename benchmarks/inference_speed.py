@@ -4,10 +4,12 @@ An nnU-Net-sized U-Net (6 stages, 32-320 features, in-plane kernels and no z poo
 two stages, random weights) predicts one preprocessed volume, by default 68x375x375: a 320x320x60
 case (1.1x1.1x3 mm) resampled to nnU-Net's plan for this data (2.66x0.94x0.94 mm), which gives the
 27 windows of 40x224x224 nnU-Net needs. Each configuration runs in a fresh process, so its peak
-resident memory (``ru_maxrss``) is its own. Printed per configuration: seconds per case, the share
-of that time inside the network's forward calls (the rest is overhead), seconds per window pass,
-peak memory, and the ratio to nnU-Net v2 on this machine (``../shared/FACTS.md``: 150 s without
-mirroring, 1,600 s with its 8-pass mirroring).
+resident memory (``ru_maxrss``) is its own. Printed per configuration: seconds per case (wall and
+CPU time; nnU-Net used 256-290 CPU seconds for its 150 s), the share of that time inside the
+network's forward calls (the rest is overhead), seconds per window pass, peak memory, and the
+ratio to nnU-Net v2 on this machine (``../shared/FACTS.md``: 150 s without mirroring, 1,600 s
+with its 8-pass mirroring). The load average is printed first: other jobs on a 2-core machine
+slow every number here.
 
     .venv/bin/python benchmarks/inference_speed.py [--configs fp32 bf16 bf16-tta fp32-tta]
         [--shape 68 375 375] [--patch 40 224 224] [--batch-windows 2] [--threads 2]
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -58,6 +61,11 @@ class TimedNetwork(nn.Module):
         return out
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_one(name: str, shape: list[int], patch: list[int], batch_windows: int, threads: int) -> dict:
     """Predict one volume with configuration ``name``; returns the measurements."""
     torch.set_num_threads(threads)
@@ -70,12 +78,12 @@ def run_one(name: str, shape: list[int], patch: list[int], batch_windows: int, t
         net.eval()(torch.zeros(batch_windows, 1, *patch))  # first call: oneDNN picks and builds its kernels
     warmup = time.perf_counter() - start
     net.seconds, net.calls = 0.0, 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     probabilities = predict_sliding_window(net, image, patch, NUM_CLASSES, mirror_axes=mirror,
                                            batch_windows=batch_windows, use_bf16=use_bf16)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     windows = math.prod(len(s) for s in compute_steps(shape, patch))
-    return dict(name=name, seconds=total, forward=net.seconds, warmup=warmup, windows=windows,
+    return dict(name=name, seconds=total, cpu_seconds=cpu, forward=net.seconds, warmup=warmup, windows=windows,
                 passes=len(mirror_combinations(mirror)), calls=net.calls,
                 peak_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                 output_mib=probabilities.numel() * 4 / 2**20)
@@ -96,7 +104,9 @@ def main() -> None:
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), volume {'x'.join(map(str, args.shape))}, patch "
           f"{'x'.join(map(str, args.patch))}, step 0.5, {args.batch_windows} window(s) per forward pass")
-    print(f"{'config':10} {'s/case':>8} {'forward':>8} {'s/pass':>7} {'warm-up':>8} {'peak GiB':>9} {'vs nnU-Net':>11}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'config':10} {'s/case':>8} {'CPU s':>7} {'forward':>8} {'s/pass':>7} {'warm-up':>8} {'peak GiB':>9} "
+          f"{'vs nnU-Net':>11}")
     for name in args.configs:
         command = [sys.executable, __file__, "--single", name, "--shape", *map(str, args.shape), "--patch",
                    *map(str, args.patch), "--batch-windows", str(args.batch_windows), "--threads", str(args.threads)]
@@ -104,7 +114,7 @@ def main() -> None:
         per_pass = r["seconds"] / (r["windows"] * r["passes"])
         reference = NNUNET_SECONDS[1 if r["passes"] == 1 else 8]
         versus = f"{r['seconds'] / reference:10.2f}x"
-        print(f"{name:10} {r['seconds']:8.1f} {r['forward'] / r['seconds']:7.1%} {per_pass:7.2f} {r['warmup']:8.1f} "
+        print(f"{name:10} {r['seconds']:8.1f} {r['cpu_seconds']:7.0f} {r['forward'] / r['seconds']:8.1%} {per_pass:7.2f} {r['warmup']:8.1f} "
               f"{r['peak_gib']:9.2f} {versus}", flush=True)
     print(f"{r['windows']} windows; 'forward' = share of the time inside the network; 'vs nnU-Net' = seconds / "
           f"nnU-Net's {NNUNET_SECONDS[1]:.0f} s without mirroring, or for mirrored runs / its "
