@@ -83,7 +83,7 @@ class _InPlaneScale:
 
 
 class _ElasticMagnitude:
-    """Elastic displacement in voxels: up to a quarter of the field's smoothing width (a gentle warp), 0 on frozen axes."""
+    """Elastic displacement in voxels: up to a quarter of the smoothing width (a gentle warp), 0 on frozen axes."""
 
     def __init__(self, frozen_axes: Sequence[int]) -> None:
         self.frozen_axes = tuple(frozen_axes)
