@@ -190,9 +190,10 @@ def open_liver_border_band(
     opening = box_kernel(opening_kernel, "opening_kernel")
     label = np.asarray(label)
     out = label.astype(np.uint8, copy=True)
-    if not (label == TUMOUR).any():
+    # Only tumour voxels can change, and each depends on the labels within the margin around it.
+    box = bounding_box(label == TUMOUR)
+    if box is None:
         return out
-    box = bounding_box(label > 0)
     # An opening looks twice its half-width away (erosion, then dilation).
     margin = [max(e // 2, 2 * (o // 2)) + 1 for e, o in zip(erosion.shape, opening.shape)]
     crop, covered, inner = _padded_crop(label, box, margin, mode="edge")

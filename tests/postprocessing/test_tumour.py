@@ -55,6 +55,26 @@ def test_multiclass_dilation_in_mm_reaches_exactly_that_far():
     np.testing.assert_array_equal(remove_tumour_outside_liver(label, SPACING, dilation_mm=6.0), label)
 
 
+@pytest.mark.parametrize("dilation_mm", [None, 1.7, 3.5])
+def test_multiclass_equals_dilating_each_lesion_on_the_whole_volume(dilation_mm):
+    rng = np.random.default_rng(4)
+    label = np.zeros((8, 30, 30), np.uint8)
+    label[2:6, 8:22, 8:22] = 1
+    label[rng.random(label.shape) < 0.03] = 2  # specks inside, near and far from the liver
+    if dilation_mm is None:
+        structure = ndimage.generate_binary_structure(3, 3)
+    else:
+        structure = ball_kernel(dilation_mm, SPACING)
+    lesions, count = ndimage.label(label == 2, ndimage.generate_binary_structure(3, 3))
+    expected = label.copy()
+    for i in range(1, count + 1):
+        if not (ndimage.binary_dilation(lesions == i, structure) & (label == 1)).any():
+            expected[lesions == i] = 0
+    out = remove_tumour_outside_liver(label, SPACING, dilation_mm=dilation_mm)
+    assert (out != label).any() and (out == 2).any()
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_dual_binary_keeps_only_tumour_in_the_whole_liver():
     label = _liver()
     label[4:6, 10:14, 10:14] = 2
@@ -160,6 +180,24 @@ def test_field_of_view_edge_is_not_a_liver_border():
     label = np.ones((4, 20, 20), np.uint8)  # liver filling the field of view
     label[1:3, 1, 3:15] = 2  # a thin line one pixel from the edge
     np.testing.assert_array_equal(open_liver_border_band(label, SPACING), label)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_border_opening_on_crops_equals_the_whole_volume_computation(seed):
+    """Random lesions, a liver cut by the field of view: the cropped result equals the plain one."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((8, 50, 50), np.uint8)
+    label[:, 10:, 5:45] = 1  # reaches the edges at z = 0, 7 and y = 49
+    label[(rng.random(label.shape) < 0.15) & (label == 1)] = 2
+    pad = 10  # the world beyond the image continues as at its edge
+    padded = np.pad(label, pad, mode="edge")
+    whole, tumour = padded > 0, padded == 2
+    band = whole & ~ndimage.binary_erosion(whole, np.ones((1, 7, 7), bool))
+    thin = band & tumour & ~ndimage.binary_opening(tumour, np.ones((1, 3, 3), bool))
+    expected = np.where(thin, 1, padded)[pad:-pad, pad:-pad, pad:-pad]
+    out = open_liver_border_band(label, SPACING)
+    assert (out != label).any()
+    np.testing.assert_array_equal(out, expected)
 
 
 # --- remove_small_lesions ---------------------------------------------------------------------
