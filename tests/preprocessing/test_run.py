@@ -165,6 +165,24 @@ def test_bad_specs_and_datasets_are_refused_before_any_work(dataset, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def wait_until_group_is_dead(group: int, timeout: float = 30.0) -> None:
+    """Wait until every process of ``group`` has exited (a rerun would see a dying worker as alive)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == group:
+                states.append(fields[0])
+        if all(state == "Z" for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"processes of group {group} still run {timeout} s after SIGKILL")
+
+
 _KILLED_RUN = """
 import json, sys
 from pathlib import Path
@@ -195,6 +213,7 @@ def test_killed_run_followed_by_a_rerun_ends_complete_and_correct(stores, tmp_pa
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes
         process.wait()
+        wait_until_group_is_dead(process.pid)
     assert 1 <= len(preprocessed_cases(folder)) < cases  # killed mid-run
 
     preprocess_dataset(root, [spec], killed, num_workers=1)
