@@ -89,7 +89,10 @@ def get_step(name: str) -> Step:
 
 
 def _parameters(step: Step) -> list[str]:
-    return [p for p in inspect.signature(step).parameters if p not in ("label", "spacing", "probabilities")]
+    """The parameters a step list may set: all but the label, spacing and probabilities."""
+    fixed = ("label", "spacing", "probabilities")
+    return [name for name, p in inspect.signature(step).parameters.items()
+            if name not in fixed and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
 
 
 def normalise_steps(steps: Sequence[str | dict[str, Any]], source: str = "post-processing") -> list[dict[str, Any]]:
@@ -114,10 +117,17 @@ def normalise_steps(steps: Sequence[str | dict[str, Any]], source: str = "post-p
             step = get_step(name)
         except LiversegError as error:
             raise LiversegError(f"{source}: step {i}: {error}") from None
+        signature = inspect.signature(step)
         unknown = sorted(set(params) - set(_parameters(step)))
-        if unknown:
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        if unknown and not takes_any:
             raise LiversegError(f"{source}: step {i} ({name}) has no parameter {', '.join(unknown)}; "
                                 f"its parameters: {', '.join(_parameters(step)) or '(none)'}")
+        extra = {"probabilities": None} if "probabilities" in signature.parameters else {}
+        try:
+            signature.bind(None, None, **params, **extra)
+        except TypeError as error:
+            raise LiversegError(f"{source}: step {i} ({name}): {error}; give it in \"params\"") from None
         result.append({"name": name, "params": dict(params)})
     return result
 
@@ -129,7 +139,8 @@ def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-def _run(spec: dict[str, Any], label: np.ndarray, spacing: Sequence[float], probabilities: np.ndarray | None) -> np.ndarray:
+def _run(spec: dict[str, Any], label: np.ndarray, spacing: Sequence[float],
+         probabilities: np.ndarray | None) -> np.ndarray:
     step = get_step(spec["name"])
     kwargs = dict(spec["params"])
     if "probabilities" in inspect.signature(step).parameters:
@@ -150,7 +161,8 @@ def apply_steps(
     label = check_label(label, "label map to post-process")
     spacing = _check_spacing(spacing)
     if probabilities is not None and tuple(np.shape(probabilities)[-3:]) != label.shape:
-        raise LiversegError(f"probabilities of shape {np.shape(probabilities)} do not match the label map {label.shape}")
+        raise LiversegError(f"probabilities of shape {np.shape(probabilities)} do not match "
+                            f"the label map {label.shape}")
     out = label.copy()
     for spec in normalise_steps(steps):
         start = time.perf_counter()
@@ -162,7 +174,9 @@ def apply_steps(
     return np.asarray(out, dtype=np.uint8)
 
 
-def load_postprocessing(spec: str | Path, plan_steps: Sequence[str | dict[str, Any]] = DEFAULT_STEPS) -> list[dict[str, Any]]:
+def load_postprocessing(
+    spec: str | Path, plan_steps: Sequence[str | dict[str, Any]] = DEFAULT_STEPS
+) -> list[dict[str, Any]]:
     """The steps a ``--postprocessing none|plan|<file.json>`` option asks for, checked.
 
     ``none`` gives no steps, ``plan`` the plan's ``plan_steps``; anything else is a JSON file

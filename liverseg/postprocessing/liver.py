@@ -83,7 +83,8 @@ def fill_holes(mask: np.ndarray, mode: str = "3d") -> np.ndarray:
 
 def largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarray:
     """The largest connected component of a binary mask (the first in raster order on a tie)."""
-    components, count = cc3d.connected_components(np.asarray(mask, dtype=bool), connectivity=connectivity, return_N=True)
+    mask = np.asarray(mask, dtype=bool)
+    components, count = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
     if count <= 1:
         return components > 0
     sizes = np.bincount(components.ravel(), minlength=count + 1)
@@ -97,11 +98,11 @@ def largest_liver_component_fill_holes(
 
     Removes the false-positive islands a network scatters in the spleen, heart or bowel, together
     with any tumour voxels inside them. Background in the holes of the kept piece becomes liver (1);
-    whatever lies in a hole keeps its label, so a lesion the network separated from the liver by
-    a missed rim stays when the rim is filled. ``connectivity`` is 6, 18 or 26 (26 by default: pieces touching at a corner
-    stay one liver, the lenient choice); ``fill`` is ``"3d"`` (enclosed cavities, the paper's
-    choice), ``"axial"`` (holes of each slice), ``"both"`` or ``"none"``. ``spacing`` is unused:
-    the step works on voxel connectivity. Returns a new uint8 label map.
+    whatever else lies in a hole keeps its label, so a lesion enclosed by a rim of background the
+    network missed is kept. ``connectivity`` is 6, 18 or 26 (26 by default: pieces touching at a
+    corner stay one liver, the lenient choice); ``fill`` is ``"3d"`` (enclosed cavities, the
+    paper's choice), ``"axial"`` (holes of each slice), ``"both"`` or ``"none"``. ``spacing`` is
+    unused: the step works on voxel connectivity. Returns a new uint8 label map.
     """
     if connectivity not in CONNECTIVITIES:
         raise LiversegError(f"connectivity must be one of {CONNECTIVITIES}; got {connectivity!r}")

@@ -83,7 +83,8 @@ def _mean_probabilities(instance: np.ndarray, count: int, probability: np.ndarra
     inside = instance > 0
     values = probability[inside].astype(np.float64)
     finite = np.isfinite(values)
-    if values.size and (not finite.all() or values.min() < -_PROBABILITY_SLACK or values.max() > 1 + _PROBABILITY_SLACK):
+    low, high = -_PROBABILITY_SLACK, 1 + _PROBABILITY_SLACK
+    if values.size and (not finite.all() or values.min() < low or values.max() > high):
         if finite.all():
             seen = f"values from {values.min():.3g} to {values.max():.3g}"
         else:
@@ -114,7 +115,8 @@ def lesion_report(
     label = check_label(label, f"{case_id}: label map")
     if geometry is not None:
         if tuple(geometry.shape) != label.shape:
-            raise LiversegError(f"{case_id}: label map of shape {label.shape} does not match its geometry {geometry.shape}")
+            raise LiversegError(f"{case_id}: label map of shape {label.shape} does not match "
+                                f"its geometry {geometry.shape}")
         spacing, origin, direction = geometry.spacing, geometry.origin, geometry.direction
     if spacing is None:
         raise ValueError("lesion_report needs a geometry or a spacing")
@@ -197,7 +199,8 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]
                 writer.writerow(columns)
                 writer.writerows([[_cell(v) for v in row] for row in rows])
     except OSError as error:
-        raise LiversegError(f"{path}: cannot write ({error.strerror or error}); check that the folder is writable") from None
+        raise LiversegError(f"{path}: cannot write ({error.strerror or error}); "
+                            "check that the folder is writable") from None
 
 
 def write_run_table(reports: Iterable[dict[str, Any]], path: str | Path, cases_path: str | Path | None = None) -> None:

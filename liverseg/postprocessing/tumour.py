@@ -90,7 +90,8 @@ def _touching(components: np.ndarray, boxes: Sequence[tuple[slice, ...]], ids: n
     structure = ndimage.generate_binary_structure(3, _RANK[connectivity])
     anisotropy = tuple(float(s) for s in spacing)
     for i in ids:
-        grown = tuple(slice(max(b.start - r, 0), min(b.stop + r, n)) for b, r, n in zip(boxes[i], reach, components.shape))
+        grown = tuple(slice(max(b.start - r, 0), min(b.stop + r, n))
+                      for b, r, n in zip(boxes[i], reach, components.shape))
         lesion = components[grown] == i
         if dilation_mm is None:
             near = ndimage.binary_dilation(lesion, structure)

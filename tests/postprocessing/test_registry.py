@@ -111,11 +111,26 @@ if "test_probability_threshold" not in POSTPROCESSING:
     POSTPROCESSING.register("test_probability_threshold")(_probability_threshold)
 
 
+def _needs_a_cutoff(label, spacing, cutoff):
+    return label.copy()
+
+
+if "test_needs_a_cutoff" not in POSTPROCESSING:
+    POSTPROCESSING.register("test_needs_a_cutoff")(_needs_a_cutoff)
+
+
+def test_missing_required_parameter_is_a_user_error():
+    with pytest.raises(LiversegError, match=r"step 1 \(test_needs_a_cutoff\): missing a required argument: 'cutoff'"):
+        normalise_steps(["test_needs_a_cutoff"])
+    assert normalise_steps([{"name": "test_needs_a_cutoff", "params": {"cutoff": 1}}])[0]["params"] == {"cutoff": 1}
+
+
 def test_step_declaring_probabilities_receives_them():
     label = _two_halves()
     probabilities = np.zeros((3,) + label.shape, np.float32)
     probabilities[2, :, :, 14:] = 0.9  # only the right half is confident
-    out = apply_steps(label, SPACING, [{"name": "test_probability_threshold", "params": {"cutoff": 0.5}}], probabilities)
+    steps = [{"name": "test_probability_threshold", "params": {"cutoff": 0.5}}]
+    out = apply_steps(label, SPACING, steps, probabilities)
     expected = label.copy()
     expected[3:5, 10:15, 10:13] = 1
     np.testing.assert_array_equal(out, expected)
@@ -126,7 +141,8 @@ def test_step_declaring_probabilities_receives_them():
 
 def test_load_none_and_plan():
     assert load_postprocessing("none", DEFAULT_STEPS) == []
-    assert load_postprocessing("plan", ["close_tumour", {"name": "remove_small_lesions", "params": {"min_volume_ml": 0.2}}]) == [
+    plan = ["close_tumour", {"name": "remove_small_lesions", "params": {"min_volume_ml": 0.2}}]
+    assert load_postprocessing("plan", plan) == [
         {"name": "close_tumour", "params": {}},
         {"name": "remove_small_lesions", "params": {"min_volume_ml": 0.2}},
     ]
@@ -154,8 +170,9 @@ def test_load_errors_name_the_file_and_the_step(tmp_path):
     with pytest.raises(LiversegError, match=r"broken.json: not valid JSON"):
         load_postprocessing(broken)
     bad_value = tmp_path / "bad_value.json"
-    bad_value.write_text(json.dumps(["close_tumour", {"name": "remove_tumour_outside_liver", "params": {"mode": "binary"}}]))
-    with pytest.raises(LiversegError, match=r"bad_value.json: step 2 \(remove_tumour_outside_liver\): mode must be one of"):
+    bad_step = {"name": "remove_tumour_outside_liver", "params": {"mode": "binary"}}
+    bad_value.write_text(json.dumps(["close_tumour", bad_step]))
+    with pytest.raises(LiversegError, match=r"bad_value.json: step 2 \(remove_tumour_outside_liver\): mode must be"):
         load_postprocessing(bad_value)
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"steps": ["close_holes"]}))
