@@ -2,12 +2,15 @@
 
 Input: a *lesion report* per case, one row per predicted lesion::
 
-    {"id": <int>, "volume_ml": <float>, "uncertainty": <float>, ...}
+    {"id": <int>, "component_id": <int, optional>, "volume_ml": <float>, "uncertainty": <float>, ...}
 
-``id`` is the lesion's connected-component id in the predicted label map, numbered as
+The lesion is found in the predicted label map by ``component_id`` when present (the lesion
+report of :mod:`liverseg.postprocessing.report` numbers its ``id`` by size and keeps the raster-order
+component id there), else by ``id``: the connected-component id as
 :func:`liverseg.lesion_measures.lesion_table` and :func:`liverseg.evaluation.lesions.find_lesions`
-number them (same tumour label and connectivity), so a lesion table with an added ``uncertainty``
-(1 − mean tumour probability over the lesion's voxels) is a valid report. Other keys are kept.
+number them (same tumour label and connectivity). So both a lesion report and a lesion table with
+an added ``uncertainty`` (1 − mean tumour probability over the lesion's voxels) are valid input.
+Other keys are kept.
 
 :func:`lesion_status` labels each reported lesion TP or FP against the reference using the result of
 :func:`liverseg.evaluation.lesions.lesion_detection`; :func:`uncertainty_analysis` summarises the
@@ -44,7 +47,7 @@ def lesion_status(report: Sequence[dict[str, Any]], detection: dict[str, Any], r
     rows = []
     for row in report:
         _check_row(row, source)
-        found = predicted.get(int(row["id"]))
+        found = predicted.get(int(row.get("component_id", row["id"])))
         if found is None or not math.isclose(found["volume_ml"], float(row["volume_ml"]), rel_tol=1e-3):
             raise LiversegError(
                 f"{source}: lesion id {row['id']} ({row['volume_ml']} ml) is not a lesion of the evaluated "

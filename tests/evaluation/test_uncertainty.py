@@ -12,6 +12,7 @@ from liverseg.errors import LiversegError
 from liverseg.evaluation.lesions import lesion_detection
 from liverseg.evaluation.uncertainty import lesion_status, plot_uncertainty, spearman, uncertainty_analysis
 from liverseg.lesion_measures import lesion_table
+from liverseg.postprocessing.report import lesion_report
 
 SPACING = (2.0, 1.0, 1.0)
 
@@ -96,3 +97,18 @@ def test_plot_is_written(tmp_path):
     assert image.shape[:2] == (400, 1000)
     assert image[..., :3].std() > 0.05  # not a blank canvas
     assert list((tmp_path / "plots").iterdir()) == [path]  # no temporary file left behind
+
+
+def test_lesion_report_rows_are_found_by_component_id():
+    """The post-processing lesion report numbers ids by size; its component_id is the raster-order id."""
+    reference = np.zeros((4, 20, 20), np.uint8)
+    predicted = np.zeros_like(reference)
+    reference[1:3, 2:4, 2:4] = 2          # small lesion first in raster order, hit
+    predicted[1:3, 2:4, 2:4] = 2
+    predicted[1:3, 10:16, 10:16] = 2      # larger lesion later in raster order, false positive
+    probability = np.where(predicted == 2, 0.8, 0.0).astype(np.float32)
+    report = lesion_report(predicted, spacing=(1.0, 1.0, 1.0), tumour_probability=probability)["lesions"]
+    assert [row["id"] for row in report] == [1, 2] and [row["component_id"] for row in report] == [2, 1]
+    detection = lesion_detection(reference, predicted, (1.0, 1.0, 1.0))
+    status = {row["id"]: row["status"] for row in lesion_status(report, detection)}
+    assert status == {1: "FP", 2: "TP"}
