@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from liverseg.data.phantom_case import SIZES, PhantomCase, generate_case
 from liverseg.errors import LiversegError
+from liverseg.data.metadata import CASE_METADATA_FILE
 from liverseg.io.atomic import atomic_output, write_json
 from liverseg.io.dataset import ATLAS_LABELS, DatasetInfo, write_dataset_json
 
@@ -84,7 +85,7 @@ def _prepare_folder(root: Path, overwrite: bool) -> None:
         log.info("overwriting %s", root)
         for name in ("imagesTr", "labelsTr"):
             shutil.rmtree(root / name, ignore_errors=True)
-        for name in ("dataset.json", CASES_JSON, "preview.png"):
+        for name in ("dataset.json", CASES_JSON, CASE_METADATA_FILE, "preview.png"):
             (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
 
@@ -96,7 +97,8 @@ def generate_dataset(
 
     Cases are ``phantom_000``, ``phantom_001``, ...; ``dataset.json`` follows nnU-Net v2 and
     ``phantom_cases.json`` records what the generator drew for each case (lesion diameters,
-    contrast phase, stored orientation). An existing non-empty folder is only replaced with
+    contrast phase, stored orientation); ``case_metadata.json`` carries the contrast phase as a
+    case attribute, as the ATLAS converter does, so folds can be stratified by it. An existing non-empty folder is only replaced with
     ``overwrite``.
     """
     if size not in SIZES:
@@ -129,6 +131,7 @@ def generate_dataset(
         extra={"name": root.name, "description": f"liverseg synthetic liver MRI phantom (seed {seed}, size {size})"},
     )
     write_json(root / CASES_JSON, {"seed": seed, "size": size, "cases": records})
+    write_json(root / CASE_METADATA_FILE, {r["case"]: {"contrast_phase": r["phase"]} for r in records})
     write_dataset_json(root, info)
     log.info("wrote %d %s phantom cases to %s in %.1f s", num_cases, size, root, time.perf_counter() - start)
     return root

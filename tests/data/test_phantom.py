@@ -1,6 +1,7 @@
 """The phantom generator writes a readable, consistent, deterministic ATLAS-like raw dataset."""
 from __future__ import annotations
 
+import json
 import time
 
 import cc3d
@@ -9,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from liverseg.cli.phantom import main
+from liverseg.data.metadata import load_case_metadata
 from liverseg.data.phantom import case_id, generate_case, generate_dataset
 from liverseg.errors import LiversegError
 from liverseg.io.dataset import ATLAS_LABELS, RawDataset
@@ -160,3 +162,10 @@ def test_full_size_case_looks_like_a_real_scan():
     assert 1000 <= liver_ml <= 2300
     assert all(5 <= d <= 70 for d in case.lesion_diameters_mm)
     assert seconds < 20
+
+
+def test_contrast_phase_is_a_case_attribute_for_stratified_splits(tmp_path):
+    root = generate_dataset(tmp_path / "Phantom", 6, seed=3, size="tiny")
+    metadata = load_case_metadata(RawDataset(root))
+    drawn = {r["case"]: r["phase"] for r in json.loads((root / "phantom_cases.json").read_text())["cases"]}
+    assert metadata == {case: {"contrast_phase": phase} for case, phase in drawn.items()}
