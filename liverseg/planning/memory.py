@@ -10,11 +10,11 @@ is then::
 with ``count`` the activation bytes of one sample counted at 4 bytes per element.
 ``MIXED_PRECISION_PEAK`` = 0.7 is the measured peak of a mixed-precision training step (bf16 or
 fp16 autocast: what the trainer runs on a GPU and on CPUs with bf16 support) relative to that
-count. It was calibrated on this CPU against the peak resident memory of forward and backward
-passes with bf16 autocast, batch 2: 0.61-0.65 for patches from 32x128x128 to 40x224x224 with
-32-320 features, 0.77 for a tiny 8-64 feature network on 16x64x64 where fixed costs weigh more
-(``tests/planning/test_memory.py`` repeats the measurement). Plain float32 training peaks at
-about 1.25x the count (``tests/networks/test_unet.py``): twice as much, so give half the real
+count. It was calibrated on this CPU against the peak resident memory (VmHWM) of a training step
+of the real ``unet`` under bf16 autocast, batch 2: 0.63 and 0.65 of the count for planned 40x224x224
+and 32x128x128 patches with 32-320 features, 0.69 for a tiny 8-64 feature network on 16x64x64
+where fixed costs weigh more (``tests/planning/test_memory.py`` repeats the measurement). Plain
+float32 training peaks at about 1.25x the count (``tests/networks/test_unet.py``): twice as much, so give half the real
 memory as the budget when training in float32. ``PARAMETER_COPIES`` = 4: weights, gradients and
 two optimiser buffers (SGD momentum, or Adam's two moments). ``RESERVED`` = 0.5 GiB stands for
 the CUDA context, cuDNN workspaces and allocator slack.
