@@ -88,7 +88,8 @@ def main() -> None:
     print(f"  preprocess fullres             {fullres:7.1f} s")
     print(f"  = nnU-Net's work (3d_fullres)  {same_work:7.1f} s  vs nnU-Net ~{nnunet:.0f} s scaled to {args.num_cases} cases: "
           f"ratio {same_work / nnunet:.2f}")
-    print(f"  preprocess other specs ({len(others)})    {rest:7.1f} s  (whole flow {same_work + rest:.1f} s, ratio {(same_work + rest) / nnunet:.2f})")
+    whole = same_work + rest
+    print(f"  preprocess other specs ({len(others)})    {rest:7.1f} s  (whole flow {whole:.1f} s, ratio {whole / nnunet:.2f})")
     print(f"  rerun, everything up to date   {rerun:7.1f} s")
     print(f"  peak memory: this process {own:.0f} MiB, largest worker {children:.0f} MiB")
 

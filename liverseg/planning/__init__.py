@@ -8,7 +8,17 @@ Modules: :mod:`~liverseg.planning.plans` (the typed plan and its JSON), :mod:`~l
 changes), :mod:`~liverseg.planning.report` (table and figure), :mod:`~liverseg.planning.plan_dataset`
 (the whole ``liverseg_plan`` flow). See docs/planning.md.
 """
-from liverseg.planning.plans import PLANS_FILE, ModelPlan, NetworkTopology, PipelineSpec, Plan, SamplingSpec, TrainingSchedule, load_plan, save_plan
+from liverseg.planning.plans import (
+    PLANS_FILE,
+    ModelPlan,
+    NetworkTopology,
+    PipelineSpec,
+    Plan,
+    SamplingSpec,
+    TrainingSchedule,
+    load_plan,
+    save_plan,
+)
 
 __all__ = [
     "PLANS_FILE",

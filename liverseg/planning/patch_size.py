@@ -81,7 +81,8 @@ def fit_patch(
     while not fits_budget(topology, budget_bytes, max_patch_voxels, num_input_channels, num_classes):
         patch = np.array(topology.patch_size)
         divisor = np.array(topology.divisor)
-        shrinkable = [a for a in np.argsort(-(patch * spacing_array), kind="stable") if patch[a] - divisor[a] >= settings.min_feature_map_size]
+        longest_first = np.argsort(-(patch * spacing_array), kind="stable")
+        shrinkable = [a for a in longest_first if patch[a] - divisor[a] >= settings.min_feature_map_size]
         if not shrinkable:
             smallest = estimate_training_memory(topology, MIN_BATCH_SIZE, num_input_channels, num_classes) / GIB
             raise LiversegError(

@@ -56,13 +56,15 @@ def write_splits(dataset: RawDataset, path: Path, settings: dict[str, Any]) -> P
         log.warning("%s has %d training case(s): no cross-validation folds", dataset.name, len(cases))
         return None
     if num_folds < settings.get("num_folds", 5):
-        log.warning("%s has only %d training cases: %d folds instead of %d", dataset.name, len(cases), num_folds, settings.get("num_folds", 5))
+        log.warning("%s has only %d training cases: %d folds instead of %d", dataset.name, len(cases), num_folds,
+                    settings.get("num_folds", 5))
     metadata = load_case_metadata(dataset)
     attribute = next((a for a in settings.get("stratify_by", []) if any(a in m for m in metadata.values())), None)
     strata = strata_from_metadata(metadata, attribute, cases) if attribute else None
     if attribute:
         log.info("folds stratified by %s", attribute)
-    load_or_create_splits(path, cases, num_folds, int(settings.get("seed", 12345)), strata, float(settings.get("inner_validation_fraction", 0.0)))
+    inner = float(settings.get("inner_validation_fraction", 0.0))
+    load_or_create_splits(path, cases, num_folds, int(settings.get("seed", 12345)), strata, inner)
     return path
 
 

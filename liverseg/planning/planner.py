@@ -81,7 +81,8 @@ class DatasetStats:
                 foreground_intensity=dict(fingerprint.get("summary", {}).get("foreground_intensity", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise LiversegError(f"the fingerprint lacks what the planner needs ({type(e).__name__}: {e}); run liverseg_fingerprint again") from None
+            raise LiversegError(f"the fingerprint lacks what the planner needs ({type(e).__name__}: {e}); "
+                                "run liverseg_fingerprint again") from None
 
     def grid_shapes(self, spacing: Sequence[float]) -> np.ndarray:
         """Every case's cropped shape resampled to ``spacing``, ``(n, 3)``."""
@@ -118,7 +119,8 @@ def _normalization(stats: DatasetStats) -> tuple[tuple[str, ...], tuple[dict[str
     for channel, scheme in zip(channels, schemes):
         values = stats.foreground_intensity.get(channel) if scheme == "ct" else None
         if scheme == "ct" and (not values or any(values.get(k) is None for k in CT_STATS_KEYS)):
-            raise LiversegError(f"channel {channel} is CT but the fingerprint has no foreground intensity statistics for it; run liverseg_fingerprint again")
+            raise LiversegError(f"channel {channel} is CT but the fingerprint has no foreground intensity statistics for it; "
+                                "run liverseg_fingerprint again")
         statistics.append({k: float(values[k]) for k in CT_STATS_KEYS} if scheme == "ct" else None)
     return schemes, tuple(statistics), "; ".join(texts)
 
@@ -148,14 +150,16 @@ def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context
         what = "the whole median (cropped) volume"
     else:
         desired_mm = _wanted_mm(template, ctx)
-        what = f"the {ctx.percentile:g}th percentile of the {_BOX_NAMES[template.bbox_target]} boxes plus {template.context_mm:g} mm per side"
+        box = _BOX_NAMES[template.bbox_target]
+        what = f"the {ctx.percentile:g}th percentile of the {box} boxes plus {template.context_mm:g} mm per side"
     choice = plan_patch(desired_mm, image_shape, spacing, settings, ctx.budget_bytes, float(stats.grid_shapes(spacing).prod(axis=1).sum()),
                         preset.max_patch_voxels, preset.max_batch_size, len(stats.channel_names), num_classes, what)
     patch_reason = choice.patch_reason
     if boxes is not None:
         patch_mm = np.asarray(choice.topology.patch_size) * np.asarray(spacing)
-        patch_reason += f"; holds {100 * coverage(boxes, patch_mm):.0f}% of the {len(boxes)} {_BOX_NAMES[template.bbox_target]} boxes on all axes at once"
-    reasons = {"patch_size": patch_reason, "topology": describe_topology(choice.topology), "batch_size": choice.batch_reason, **template.reasons}
+        patch_reason += f"; holds {100 * coverage(boxes, patch_mm):.0f}% of the {len(boxes)} {box} boxes on all axes at once"
+    reasons = {"patch_size": patch_reason, "topology": describe_topology(choice.topology), "batch_size": choice.batch_reason,
+               **template.reasons}
     return ModelPlan(
         name=template.name,
         learns=dict(template.learns),
@@ -204,9 +208,11 @@ def _plan_pipeline(template: PipelineTemplate, ctx: _Context, decision: SpacingD
         ratio = volume / patch
         if ratio <= LARGE_VOLUME_RATIO:
             return _not_emitted(template, f"the median volume at target spacing ({volume} voxels) holds only {ratio:.1f} full-resolution "
-                                          f"patches ({patch} voxels), not more than {LARGE_VOLUME_RATIO:g}: one patch already sees most of it")
+                                          f"patches ({patch} voxels), not more than {LARGE_VOLUME_RATIO:g}: "
+                                          "one patch already sees most of it")
         reason = (f"the median volume at target spacing ({volume} voxels) holds {ratio:.1f} full-resolution patches ({patch} voxels), "
-                  f"more than {LARGE_VOLUME_RATIO:g}: a coarse stage sees the whole volume at once and the fine stage only the liver region")
+                  f"more than {LARGE_VOLUME_RATIO:g}: a coarse stage sees the whole volume at once and the fine stage "
+                  "only the liver region")
     else:
         reason = "emitted for every dataset"
     low: list[ModelPlan] = []
@@ -245,7 +251,8 @@ def _recommend(pipelines: Sequence[PipelineSpec], templates: Mapping[str, Pipeli
         if tumour is not None and liver is not None:
             tumour_mm, liver_mm = _wanted_mm(tumour, ctx), _wanted_mm(liver, ctx)
             ratio = float(np.prod(tumour_mm) / np.prod(liver_mm))
-            sizes = f"the tumour model's box ({_mm(tumour_mm, '{:.0f}')} mm) is {100 * ratio:.0f}% of the liver model's ({_mm(liver_mm, '{:.0f}')} mm)"
+            sizes = (f"the tumour model's box ({_mm(tumour_mm, '{:.0f}')} mm) is {100 * ratio:.0f}% of the liver model's "
+                     f"({_mm(liver_mm, '{:.0f}')} mm)")
             if ratio <= DUAL_BINARY_PATCH_RATIO:
                 return "dual_binary", (
                     f"lesions are small against the liver: {sizes}, at most {100 * DUAL_BINARY_PATCH_RATIO:.0f}%, so a separate tumour "
@@ -280,10 +287,12 @@ def plan_from_fingerprint(
     """
     if not templates:
         raise LiversegError("no pipeline templates found; liverseg_configs/ should hold multiclass.json, dual_binary.json, cascade.json")
-    settings = PlannerSettings(preset, float(gpu_memory_gb if gpu_memory_gb is not None else defaults.preset(preset).gpu_memory_gb), float(percentile))
+    budget = gpu_memory_gb if gpu_memory_gb is not None else defaults.preset(preset).gpu_memory_gb
+    settings = PlannerSettings(preset, float(budget), float(percentile))
     stats = DatasetStats.from_fingerprint(fingerprint)
     if len(stats.liver_extents) == 0:
-        raise LiversegError(f"{stats.name}: no training case has liver labels, so there is nothing to plan patch sizes from; check labelsTr")
+        raise LiversegError(f"{stats.name}: no training case has liver labels, so there is nothing to plan patch sizes from; "
+                            "check labelsTr")
     preset_obj = defaults.preset(preset)
     ctx = _Context(stats, preset_obj, defaults.schedule_for(preset_obj), settings.gpu_memory_gb * GIB, settings.percentile)
     decision = choose_target_spacing(stats.spacings, stats.shapes)

@@ -72,7 +72,8 @@ def choose_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[
     spacings = np.asarray(spacings, dtype=np.float64).reshape(-1, 3)
     shapes = np.asarray(shapes, dtype=np.float64).reshape(-1, 3)
     if len(spacings) == 0 or spacings.min() <= 0:
-        raise LiversegError("the fingerprint holds no cases with positive spacings; run liverseg_fingerprint on a dataset with training cases")
+        raise LiversegError("the fingerprint holds no cases with positive spacings; "
+                            "run liverseg_fingerprint on a dataset with training cases")
     target = tuple(round(float(s), 4) for s in np.median(spacings, axis=0))
     anisotropy = target[0] / max(target[1], target[2])
     separate_z = anisotropy >= ANISOTROPY_THRESHOLD

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from liverseg.networks import build_network
 from liverseg.planning.memory import (
