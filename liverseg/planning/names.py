@@ -2,9 +2,9 @@
 
 A plan names these parts as strings, and they are checked here when a plan is built or loaded,
 so a typo in a hand-edited plans.json fails at once and not hours into training. Networks,
-losses, optimisers and learning-rate schedules are looked up in their registries (which include
-the names installed plugins declare); the kinds without a registry yet (combine rules,
-post-processing steps) are listed in :data:`KNOWN_NAMES` until their registries exist.
+losses, optimisers, learning-rate schedules and post-processing steps are looked up in their
+registries (which include the names installed plugins declare); the kinds without a registry yet
+(combine rules) and the planner's own vocabularies are listed in :data:`KNOWN_NAMES`.
 """
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from typing import Callable
 
 from liverseg.errors import LiversegError
 from liverseg.networks import available_networks
+from liverseg.postprocessing import available_steps
 from liverseg.training.losses import available_losses
 from liverseg.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 KNOWN_NAMES: dict[str, tuple[str, ...]] = {
     # How the models of a pipeline become one 3-class label map.
     "combine": ("argmax", "dual_binary_merge", "cascade_paste"),
-    # The ATLAS paper's three steps (Lambert et al. 2023), in their usual order.
-    "postprocessing": ("largest_liver_component_fill_holes", "remove_tumour_outside_liver", "close_tumour"),
     # What a model's patch must hold: the liver box, lesion boxes plus context, or the whole volume.
     "bbox_target": ("liver", "lesions", "volume"),
     # The grid a model works on: the plan's target spacing, or the cascade's coarse spacing.
@@ -32,6 +31,7 @@ _REGISTRIES: dict[str, Callable[[], list[str]]] = {
     "loss": available_losses,
     "optimizer": OPTIMIZERS.names,
     "lr_schedule": LR_SCHEDULES.names,
+    "postprocessing": available_steps,
 }
 
 

@@ -30,6 +30,7 @@ from liverseg.planning.parts import (
     ints,
     kwargs_of,
 )
+from liverseg.postprocessing import normalise_steps
 from liverseg.preprocessing.spec import PreprocessingSpec
 
 PLAN_VERSION = 1
@@ -122,7 +123,8 @@ class PipelineSpec:
     """A pipeline: its models (trained separately), how their outputs combine, the post-processing.
 
     ``emitted`` is false when the planner found the pipeline would not help on this dataset (then
-    ``models`` is empty and ``reason`` says why).
+    ``models`` is empty and ``reason`` says why). ``postprocessing`` lists steps in order, each a
+    name or ``{"name": ..., "params": {...}}`` (:mod:`liverseg.postprocessing`).
     """
 
     name: str
@@ -130,13 +132,12 @@ class PipelineSpec:
     emitted: bool
     reason: str
     combine: str
-    postprocessing: tuple[str, ...]
+    postprocessing: tuple[str | dict[str, Any], ...]
     models: tuple[ModelPlan, ...]
 
     def __post_init__(self) -> None:
         check_name("combine", self.combine)
-        for step in self.postprocessing:
-            check_name("postprocessing", step)
+        normalise_steps(list(self.postprocessing), "postprocessing")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise LiversegError(f"model names must be unique within a pipeline; got {names}")

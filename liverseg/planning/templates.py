@@ -23,6 +23,7 @@ from liverseg.paths import preprocessed_root
 from liverseg.planning.names import check_name
 from liverseg.planning.plans import RegionOfInterest, SamplingSpec, TrainingSchedule
 from liverseg.planning.topology import NetworkSettings
+from liverseg.postprocessing import normalise_steps
 from liverseg_configs import CONFIG_DIR, DEFAULTS_FILE
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class PipelineTemplate:
     description: str
     emit: str
     combine: str
-    postprocessing: tuple[str, ...]
+    postprocessing: tuple[str | dict[str, Any], ...]
     models: tuple[ModelTemplate, ...]
     source: Path
 
@@ -154,8 +155,7 @@ def parse_template(name: str, d: Any, source: Path) -> PipelineTemplate:
     try:
         check_name("emit", d["emit"])
         check_name("combine", d["combine"])
-        for step in d["postprocessing"]:
-            check_name("postprocessing", step)
+        normalise_steps(d["postprocessing"], "postprocessing")
     except LiversegError as e:
         raise LiversegError(f"{where}: {e}") from None
     if not isinstance(d["models"], Mapping) or not d["models"]:

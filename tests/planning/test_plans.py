@@ -46,7 +46,9 @@ def _tumour(d):
     (lambda d: _tumour(d).update(preprocessing="midres"), "preprocessing 'midres' is not one of the plan's specs"),
     (lambda d: _tumour(d)["schedule"].update(loss="dice_typo"), "unknown loss name 'dice_typo'"),
     (lambda d: d["pipelines"]["dual_binary"].update(combine="vote"), "unknown combine name 'vote'"),
-    (lambda d: d["pipelines"]["dual_binary"].update(postprocessing=["fill_everything"]), "unknown postprocessing name"),
+    (lambda d: d["pipelines"]["dual_binary"].update(postprocessing=["fill_everything"]), "step 1: unknown post-processing step 'fill_everything'"),
+    (lambda d: d["pipelines"]["dual_binary"].update(postprocessing=[{"name": "close_tumour", "params": {"radius_cm": 2}}]),
+     r"close_tumour\) has no parameter radius_cm"),
     (lambda d: d.update(recommended="cascade2"), "recommended pipeline 'cascade2' is not an emitted pipeline"),
     (lambda d: d.update(version=PLAN_VERSION + 1), "plan version 2 is not 1; run liverseg_plan again"),
     (lambda d: d["preprocessing"]["fullres"].update(order_z_image=2), "order_z_image must be one of"),
@@ -73,10 +75,14 @@ def test_a_patch_the_strides_do_not_divide_is_rejected_with_sizes_that_work(atla
 
 
 def test_a_hand_edit_within_the_rules_is_accepted(atlas_plan, tmp_path):
-    d = _broken(atlas_plan, lambda d: (_tumour(d).update(batch_size=2), _tumour(d)["schedule"].update(epochs=300)))
+    steps = ["largest_liver_component_fill_holes", {"name": "close_tumour", "params": {"radius_mm": 2.0}}]
+    d = _broken(atlas_plan, lambda d: (_tumour(d).update(batch_size=2), _tumour(d)["schedule"].update(epochs=300),
+                                       d["pipelines"]["dual_binary"].update(postprocessing=steps)))
     (tmp_path / "plans.json").write_text(json.dumps(d))
-    tumour = load_plan(tmp_path / "plans.json").pipeline("dual_binary").model("tumour")
+    plan = load_plan(tmp_path / "plans.json")
+    tumour = plan.pipeline("dual_binary").model("tumour")
     assert tumour.batch_size == 2 and tumour.schedule.epochs == 300
+    assert list(plan.pipeline("dual_binary").postprocessing) == steps
 
 
 def test_missing_or_invalid_files_are_user_errors(tmp_path):

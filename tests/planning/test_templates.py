@@ -50,7 +50,7 @@ def test_templates_in_the_preprocessed_store_replace_built_in_ones(stores):
 
 @pytest.mark.parametrize("changes,message", [
     (dict(combine="vote"), "unknown combine name 'vote'"),
-    (dict(postprocessing=["smooth"]), "unknown postprocessing name 'smooth'"),
+    (dict(postprocessing=["smooth"]), "unknown post-processing step 'smooth'"),
     (dict(emitt="always"), "unknown key.*emitt"),
     (dict(name="other"), "'name' is 'other' but the file is named bad.json"),
     (dict(models={"m": {"learns": {"1": 1}, "resolution": "half", "bbox_target": "liver", "network": "unet", "sampling": {}}}),
