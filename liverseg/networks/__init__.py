@@ -18,8 +18,6 @@ when a plan asks for a name that is not registered)::
 from __future__ import annotations
 
 import inspect
-import logging
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable
 
 from torch import nn
@@ -28,51 +26,21 @@ from liverseg.errors import LiversegError
 from liverseg.networks.unet import UNet
 from liverseg.registry import Registry
 
-log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "liverseg.networks"
-NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network")
+NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network", entry_point_group=ENTRY_POINT_GROUP)
 NETWORKS.register("unet")(UNet)
 
 __all__ = ["ENTRY_POINT_GROUP", "NETWORKS", "UNet", "available_networks", "build_network", "get_network"]
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def available_networks() -> list[str]:
     """Names a plan may use: registered networks plus those installed packages declare."""
-    return sorted(set(NETWORKS.names()) | set(_entry_points()))
+    return NETWORKS.available()
 
 
 def get_network(name: str) -> Callable[..., nn.Module]:
-    """The network class (or factory) called ``name``; loads an entry-point plugin on first use.
-
-    Plugins are imported only when a name is not already registered, so a broken third-party
-    package cannot break plans that do not use it.
-    """
-    if name in NETWORKS:
-        return NETWORKS.get(name)
-    plugins = _entry_points()
-    if name not in plugins:
-        known = ", ".join(available_networks()) or "(none)"
-        raise LiversegError(f"unknown network '{name}'; available: {known}. Register your own with "
-                            f"@NETWORKS.register('{name}') in a module you import, or through the "
-                            f"'{ENTRY_POINT_GROUP}' entry-point group of an installed package")
-    entry = plugins[name]
-    origin = f"entry point '{name} = {entry.value}'" + (f" of {entry.dist.name}" if entry.dist is not None else "")
-    try:
-        loaded = entry.load()
-    except Exception as error:  # a plugin may fail in any way; report which one and why
-        raise LiversegError(f"network '{name}': cannot load {origin}: {type(error).__name__}: {error}; "
-                            f"fix or reinstall that package") from error
-    if name not in NETWORKS:  # the entry point names the class itself rather than a module that registers it
-        if not callable(loaded):
-            raise LiversegError(f"network '{name}': {origin} loaded {loaded!r}, which neither registers '{name}' "
-                                f"nor is a network class; point the entry point at the class (module:Class)")
-        NETWORKS.register(name)(loaded)
-    log.info("loaded network '%s' from %s", name, origin)
+    """The network class (or factory) called ``name``; loads an entry-point plugin on first use."""
     return NETWORKS.get(name)
 
 

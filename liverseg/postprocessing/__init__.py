@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import time
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Step = Callable[..., np.ndarray]
 ENTRY_POINT_GROUP = "liverseg.postprocessing"
-POSTPROCESSING: Registry[Step] = Registry("post-processing step")
+POSTPROCESSING: Registry[Step] = Registry("post-processing step", entry_point_group=ENTRY_POINT_GROUP)
 for _step in (largest_liver_component_fill_holes, remove_tumour_outside_liver, close_tumour,
               open_liver_border_band, remove_small_lesions):
     POSTPROCESSING.register(_step.__name__)(_step)
@@ -59,32 +58,13 @@ __all__ = ["DEFAULT_STEPS", "ENTRY_POINT_GROUP", "POSTPROCESSING", "apply_steps"
            "get_step", "load_postprocessing", "normalise_steps"]
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def available_steps() -> list[str]:
     """Names a step list may use: registered steps plus those installed packages declare."""
-    return sorted(set(POSTPROCESSING.names()) | set(_entry_points()))
+    return POSTPROCESSING.available()
 
 
 def get_step(name: str) -> Step:
     """The step function called ``name``; loads an entry-point plugin the first time it is asked for."""
-    if name in POSTPROCESSING:
-        return POSTPROCESSING.get(name)
-    plugins = _entry_points()
-    if name not in plugins:
-        raise LiversegError(f"unknown post-processing step {name!r}; available: {', '.join(available_steps())}")
-    entry = plugins[name]
-    try:
-        loaded = entry.load()
-    except Exception as error:  # a plugin may fail in any way; say which one and why
-        raise LiversegError(f"post-processing step {name!r}: cannot load entry point '{entry.value}': "
-                            f"{type(error).__name__}: {error}; fix or reinstall that package") from error
-    if name not in POSTPROCESSING:  # the entry point names the function rather than a registering module
-        if not callable(loaded):
-            raise LiversegError(f"post-processing step {name!r}: entry point '{entry.value}' is not a function")
-        POSTPROCESSING.register(name)(loaded)
     return POSTPROCESSING.get(name)
 
 
