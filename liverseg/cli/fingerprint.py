@@ -5,7 +5,8 @@ import argparse
 
 from liverseg.cli.common import run_command, setup_logging
 from liverseg.data.integrity import verify_dataset
-from liverseg.fingerprint.dataset import format_summary, resolve_dataset, write_fingerprint
+from liverseg.fingerprint.dataset import format_summary, write_fingerprint
+from liverseg.io.dataset import open_dataset
 from liverseg.io.atomic import read_json
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
-        dataset = resolve_dataset(args.dataset)
+        dataset = open_dataset(args.dataset)
         if args.verify_only:
             report = verify_dataset(dataset, num_workers=args.num_workers)
             print(report.format())

@@ -28,8 +28,7 @@ from liverseg.io.checks import (
     read_header,
     shape_problem,
 )
-from liverseg.io.dataset import RawDataset
-from liverseg.paths import raw_dataset_dir
+from liverseg.io.dataset import RawDataset, open_dataset
 
 ERROR = "error"
 WARNING = "warning"
@@ -106,7 +105,7 @@ def verify_dataset(dataset: RawDataset | str | Path, tolerance: float = 1e-3, nu
     between the files of one case. Voxels of each file are read once; cases are checked in
     ``num_workers`` processes.
     """
-    raw = _open(dataset)
+    raw = open_dataset(dataset)
     jobs, layout_problems = _layout(raw, tolerance)
     results = _run(jobs, num_workers)
     problems = layout_problems + [p for r in results for p in r.problems] + _spacing_warnings(results)
@@ -116,15 +115,6 @@ def verify_dataset(dataset: RawDataset | str | Path, tolerance: float = 1e-3, nu
         errors=[p for p in problems if p.severity == ERROR],
         warnings=[p for p in problems if p.severity == WARNING],
     )
-
-
-def _open(dataset: RawDataset | str | Path) -> RawDataset:
-    if isinstance(dataset, RawDataset):
-        return dataset
-    path = Path(dataset).expanduser()
-    if isinstance(dataset, Path) or (path / "dataset.json").is_file():
-        return RawDataset(path)
-    return RawDataset(raw_dataset_dir(str(dataset)))
 
 
 def _layout(raw: RawDataset, tolerance: float) -> tuple[list[_CaseJob], list[Problem]]:

@@ -20,8 +20,8 @@ from liverseg.errors import LiversegError
 from liverseg.fingerprint.case import DEFAULT_SAMPLES_PER_CASE, CaseFingerprint, compute_case_fingerprint, intensity_statistics
 from liverseg.fingerprint.plot import plot_fingerprint
 from liverseg.io.atomic import atomic_output, read_json
-from liverseg.io.dataset import RawDataset
-from liverseg.paths import preprocessed_dataset_dir, preprocessed_root, raw_dataset_dir
+from liverseg.io.dataset import RawDataset, open_dataset
+from liverseg.paths import preprocessed_dataset_dir, preprocessed_root
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,6 @@ _DISTRIBUTION_KEYS = ("p5", "p25", "median", "p75", "p95")
 _LESION_LABEL_NAMES = ("tumor", "tumour", "lesion", "tumors", "tumours", "lesions")
 _SIGNIFICANT_DIGITS = 6
 _ONE_LINE_LIST = 100  # characters
-
-
-def resolve_dataset(dataset: RawDataset | str | Path) -> RawDataset:
-    """A raw dataset given as an object, a folder path, or a name/id in ``$LIVERSEG_RAW``."""
-    if isinstance(dataset, RawDataset):
-        return dataset
-    path = Path(dataset)
-    if (path / "dataset.json").is_file():
-        return RawDataset(path)
-    return RawDataset(raw_dataset_dir(str(dataset)))
 
 
 def lesion_label_of(labels: dict[str, int]) -> int:
@@ -166,7 +156,7 @@ def compute_fingerprint(
     Cases run in ``num_workers`` processes (1: in this process), one case per worker at a time.
     The result does not depend on ``num_workers``.
     """
-    raw = resolve_dataset(dataset)
+    raw = open_dataset(dataset)
     case_ids = raw.training_cases()
     if not case_ids:
         raise LiversegError(f"{raw.root}: no training cases in imagesTr; add <case>_0000{raw.info.file_ending} files")
@@ -229,7 +219,7 @@ def check_dataset(dataset: RawDataset | str | Path, num_workers: int = 1) -> Int
 
     The fingerprint is only as good as the files, so this runs before measuring anything.
     """
-    report = verify_dataset(resolve_dataset(dataset), num_workers=num_workers)
+    report = verify_dataset(open_dataset(dataset), num_workers=num_workers)
     for problem in report.warnings:
         log.warning("%s: %s (%s)", problem.path, problem.what, problem.fix)
     report.raise_if_errors()
@@ -248,7 +238,7 @@ def write_fingerprint(
 
     The files go to ``$LIVERSEG_PREPROCESSED/<dataset folder name>/``; returns the JSON path.
     """
-    raw = resolve_dataset(dataset)
+    raw = open_dataset(dataset)
     if verify:
         check_dataset(raw, num_workers)
     fingerprint = compute_fingerprint(raw, num_workers, samples_per_case, seed, progress)

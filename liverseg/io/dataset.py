@@ -135,3 +135,15 @@ class RawDataset:
 def write_dataset_json(root: str | Path, info: DatasetInfo) -> None:
     """Write ``dataset.json`` atomically."""
     write_json(Path(root) / "dataset.json", info.to_dict())
+
+
+def open_dataset(dataset: "RawDataset | str | Path") -> RawDataset:
+    """A raw dataset given as an object, a folder path, or a name/id in ``$LIVERSEG_RAW``."""
+    from liverseg.paths import raw_dataset_dir
+
+    if isinstance(dataset, RawDataset):
+        return dataset
+    path = Path(dataset).expanduser()
+    if isinstance(dataset, Path) or (path / "dataset.json").is_file():
+        return RawDataset(path)
+    return RawDataset(raw_dataset_dir(str(dataset)))

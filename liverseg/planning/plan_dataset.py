@@ -16,9 +16,9 @@ from typing import Any, Sequence
 
 from liverseg.data.metadata import load_case_metadata, strata_from_metadata
 from liverseg.data.splits import load_or_create_splits
-from liverseg.fingerprint.dataset import resolve_dataset, write_fingerprint
+from liverseg.fingerprint.dataset import write_fingerprint
 from liverseg.io.atomic import read_json
-from liverseg.io.dataset import RawDataset
+from liverseg.io.dataset import RawDataset, open_dataset
 from liverseg.paths import preprocessed_root
 from liverseg.planning.overrides import apply_overrides, load_overrides
 from liverseg.planning.planner import plan_from_fingerprint
@@ -84,7 +84,7 @@ def plan_dataset(
     ``overrides`` is a JSON file merged into the plan (:mod:`liverseg.planning.overrides`);
     ``templates`` are extra folders of pipeline templates.
     """
-    raw = resolve_dataset(dataset)
+    raw = open_dataset(dataset)
     changes = load_overrides(overrides) if overrides else None  # fail on a bad file before any work
     pipeline_templates, defaults = load_templates(templates), load_defaults()
     defaults.preset(preset)
@@ -120,7 +120,7 @@ def preprocess_plan(dataset: RawDataset | str | Path, plan: Plan | None = None, 
 
     Without ``plan``, the dataset's plans.json is read (and validated), so hand edits count.
     """
-    raw = resolve_dataset(dataset)
+    raw = open_dataset(dataset)
     out = preprocessed_root() / raw.name
     plan = plan if plan is not None else load_plan(out / PLANS_FILE)
     specs = plan.specs_in_use()

@@ -49,8 +49,8 @@ from tqdm import tqdm
 
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import read_json, write_json
-from liverseg.io.dataset import RawDataset
-from liverseg.paths import preprocessed_root, raw_dataset_dir
+from liverseg.io.dataset import RawDataset, open_dataset
+from liverseg.paths import preprocessed_root
 from liverseg.preprocessing.case import PROPERTIES_VERSION, STEPS, CaseTimings, case_files, preprocess_case
 from liverseg.preprocessing.normalize import NORMALIZATION
 from liverseg.preprocessing.spec import PreprocessingSpec
@@ -88,7 +88,7 @@ def preprocess_dataset(
     (see the module docstring). Problems with single cases are collected and raised together
     after the other cases are done.
     """
-    dataset = _resolve(dataset)
+    dataset = open_dataset(dataset)
     specs = list({spec.folder_name: spec for spec in specs}.values())
     _check_specs(dataset, specs)
     if num_workers < 1:
@@ -136,14 +136,6 @@ def file_sha256(path: Path) -> str:
 def spec_digest(spec: PreprocessingSpec) -> str:
     """SHA-1 of the spec's JSON form: equal digests mean equal preprocessing."""
     return hashlib.sha1(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def _resolve(dataset: RawDataset | str | Path) -> RawDataset:
-    if isinstance(dataset, RawDataset):
-        return dataset
-    if (Path(dataset) / "dataset.json").is_file():
-        return RawDataset(Path(dataset))
-    return RawDataset(raw_dataset_dir(str(dataset)))
 
 
 def _check_specs(dataset: RawDataset, specs: list[PreprocessingSpec]) -> None:
