@@ -6,7 +6,8 @@ batch picks ``batch_size`` cases uniformly with replacement (nnU-Net's rule), th
 for the whole batch at once (:func:`liverseg.training.sampler.draw_kinds`: stratified, so the
 plan's ratios hold over the batch, not all-or-nothing), and cuts one region per case::
 
-    {"data": float32 (B, C, *region), "seg": uint8 (B, S, *region), "keys": [case ids], "kinds": [centre kinds]}
+    {"data": float32 (B, C, *region), "seg": uint8 (B, S, *region),
+     "keys": [case ids], "kinds": [centre kinds], "centres": [(z, y, x) region centres in the case]}
 
 ``seg`` channel 0 is the target in the model's labels (:func:`~liverseg.training.sampler.map_labels`);
 when the model has ``loss_mask_dilation_mm``, channel 1 is the loss mask (0/1), so every spatial
@@ -27,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from batchgenerators.dataloading.data_loader import DataLoader
@@ -53,6 +54,20 @@ class _Case:
     locations: Locations
     spacing: tuple[float, float, float]
     roi_box: Box | None
+
+
+class Sample(NamedTuple):
+    """One training region: image ``(C, *region)``, label channels ``(S, *region)``, and where it came from.
+
+    ``centre`` is the region's centre in the case's voxels, ``box`` the part of the case it was
+    cut from (``[start, stop)`` per axis: the cascade crop, or the whole case).
+    """
+
+    image: np.ndarray
+    seg: np.ndarray
+    kind: str
+    centre: tuple[int, int, int]
+    box: Box
 
 
 class PatchLoader(DataLoader):
@@ -100,16 +115,18 @@ class PatchLoader(DataLoader):
         kinds = draw_kinds(self.model.sampling, self.batch_size, self.rng)
         samples = [self.sample(self.cases[i], kind) for i, kind in zip(picks, kinds)]
         return {
-            "data": np.stack([s[0] for s in samples]),
-            "seg": np.stack([s[1] for s in samples]),
+            "data": np.stack([s.image for s in samples]),
+            "seg": np.stack([s.seg for s in samples]),
             "keys": [self.cases[i] for i in picks],
-            "kinds": [s[2] for s in samples],
+            "kinds": [s.kind for s in samples],
+            "centres": [s.centre for s in samples],
         }
 
-    def sample(self, case_id: str, kind: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-        """One region of ``case_id``: image ``(C, *region)``, seg channels ``(S, *region)`` and the centre's kind."""
+    def sample(self, case_id: str, kind: str | None = None) -> Sample:
+        """One region of ``case_id`` around a centre of ``kind`` (drawn from the plan's probabilities if None)."""
         case = self._open(case_id)
         data, seg, locations = case.data, case.seg, case.locations
+        box = tuple((0, n) for n in seg.shape)
         if self.model.roi is not None:
             box = self.roi_crop(case, self.rng)
             window = tuple(slice(lo, hi) for lo, hi in box)
@@ -122,7 +139,8 @@ class PatchLoader(DataLoader):
             mask = loss_mask(seg, centre.position, self.region_size, self.model.loss_mask_labels,
                              self.model.loss_mask_dilation_mm, case.spacing)
             channels.append(mask.astype(np.uint8))
-        return image, np.stack(channels), centre.kind
+        position = tuple(int(c + lo) for c, (lo, _) in zip(centre.position, box))
+        return Sample(image, np.stack(channels), centre.kind, position, box)  # type: ignore[arg-type]
 
     def roi_crop(self, case: _Case, rng: np.random.Generator) -> Box:
         """The cascade crop of one sample: the labels' box grown by the margin, each side jittered, clipped to the case."""

@@ -224,7 +224,8 @@ def loss_mask(
     near = np.isin(wide, np.asarray(labels, dtype=np.uint8))
     if not near.any():
         return np.zeros(tuple(int(r) for r in region_size), dtype=bool)
-    distance = edt.edt(~near, anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=1)
+    # edt works several times faster on uint8 than on bool input
+    distance = edt.edt((~near).view(np.uint8), anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=1)
     return distance[inside] <= dilation_mm
 
 

@@ -1,0 +1,207 @@
+"""PatchLoader on a real preprocessed tiny phantom: layout, labels and mask, ratios, must-contain, cascade crop, seeding."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from liverseg.data.phantom import generate_dataset
+from liverseg.data.splits import read_splits
+from liverseg.errors import LiversegError
+from liverseg.planning.plan_dataset import plan_dataset
+from liverseg.planning.plans import Plan
+from liverseg.planning.templates import load_templates
+from liverseg.preprocessing.locations import load_locations
+from liverseg.preprocessing.run import preprocess_dataset
+from liverseg.training.augmentation import sampling_region_size
+from liverseg.training.patch_loader import PatchLoader
+from liverseg.training.sampler import case_probabilities, region_slices
+
+
+def _with_cascade(plan: Plan) -> Plan:
+    """The plan with its cascade emitted (the tiny phantom is too small for the planner to emit it).
+
+    Stage 1 gets a grid twice as coarse in-plane (so the volume is smaller than its patch on some
+    axes); both stages take their sampling and region of interest from the cascade template.
+    """
+    template = {m.name: m for m in load_templates()["cascade"].models}
+    base = plan.pipeline("multiclass").model("multiclass")
+    spec = plan.preprocessing["fullres"]
+    z, y, x = spec.target_spacing
+    low = dataclasses.replace(spec, target_spacing=(z, 2 * y, 2 * x))
+    coarse = dataclasses.replace(base, name="coarse", preprocessing="lowres", sampling=template["coarse"].sampling)
+    fine = dataclasses.replace(base, name="fine", sampling=template["fine"].sampling, roi=template["fine"].roi)
+    pipelines = tuple(dataclasses.replace(p, emitted=True, models=(coarse, fine)) if p.name == "cascade" else p
+                      for p in plan.pipelines)
+    return dataclasses.replace(plan, preprocessing={**plan.preprocessing, "lowres": low}, pipelines=pipelines)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """(plan with cascade, preprocessed dataset folder, fold 0) of a 4-case tiny phantom, fast preset."""
+    root = tmp_path_factory.mktemp("stores")
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("raw", "preprocessed", "results"):
+            (root / name).mkdir()
+            env.setenv(f"LIVERSEG_{name.upper()}", str(root / name))
+        generate_dataset(root / "raw" / "Phantom", 4, size="tiny")
+        plan = _with_cascade(plan_dataset("Phantom", num_workers=1, preset="fast").plan)
+        out = root / "preprocessed" / "Phantom"
+        preprocess_dataset(root / "raw" / "Phantom", [plan.preprocessing["lowres"]], out)
+    return plan, out, read_splits(out / "splits.json")[0]
+
+
+def _model(phantom, pipeline: str, model: str):
+    plan, out, fold = phantom
+    m = plan.pipeline(pipeline).model(model)
+    return m, out / plan.preprocessing[m.preprocessing].folder_name, fold
+
+
+def _case(folder: Path, case: str):
+    data = np.load(folder / f"{case}.npy")
+    seg = np.load(folder / f"{case}_seg.npy")
+    properties = json.loads((folder / f"{case}.json").read_text())
+    return data, seg, properties
+
+
+def _padded_window(array: np.ndarray, centre, size) -> np.ndarray:
+    """The window of ``size`` around ``centre`` of the last three axes, zero beyond the array (independent of cut_region)."""
+    pad = max(size)
+    padded = np.pad(array, [(0, 0)] * (array.ndim - 3) + [(pad, pad)] * 3)
+    window = tuple(slice(c - s // 2 + pad, c - s // 2 + s + pad) for c, s in zip(centre, size))
+    return padded[(Ellipsis, *window)]
+
+
+def test_batches_hold_regions_with_target_and_mask_channels(phantom):
+    model, folder, fold = _model(phantom, "dual_binary", "tumour")
+    region = sampling_region_size(model.topology.patch_size, anisotropic=True)
+    batch = next(PatchLoader(folder, fold["train"], model, region, seed=0))
+    b = model.batch_size
+    assert batch["data"].shape == (b, 1, *region) and batch["data"].dtype == np.float32
+    assert batch["seg"].shape == (b, 2, *region) and batch["seg"].dtype == np.uint8
+    assert set(np.unique(batch["seg"])) <= {0, 1}
+    assert set(batch["keys"]) <= set(fold["train"]) and len(batch["kinds"]) == len(batch["centres"]) == b
+
+
+def test_target_mask_and_image_equal_independent_crops_of_the_case(phantom):
+    model, folder, fold = _model(phantom, "dual_binary", "tumour")
+    region = sampling_region_size(model.topology.patch_size, anisotropic=True)
+    loader = PatchLoader(folder, fold["train"], model, region, seed=1)
+    distances, mixed = {}, 0
+    for i in range(12):
+        case_id = fold["train"][i % len(fold["train"])]
+        sample = loader.sample(case_id)
+        data, seg, properties = _case(folder, case_id)
+        np.testing.assert_array_equal(sample.image, _padded_window(data, sample.centre, region))
+        original = _padded_window(seg, sample.centre, region)
+        np.testing.assert_array_equal(sample.seg[0], original == 2)  # the tumour model learns {2: 1}
+        # independent mask: scipy's distance to liver or tumour over the whole case, padded so regions past the border crop
+        if case_id not in distances:
+            padded = np.pad(seg, [(r, r) for r in region])
+            distances[case_id] = ndimage.distance_transform_edt(padded == 0, sampling=properties["spacing_after_resampling"])
+        window = tuple(slice(c - r // 2 + r, c - r // 2 + 2 * r) for c, r in zip(sample.centre, region))
+        distance = distances[case_id][window]
+        decided = np.abs(distance - model.loss_mask_dilation_mm) > 1e-3
+        np.testing.assert_array_equal(sample.seg[1].astype(bool)[decided], (distance <= model.loss_mask_dilation_mm)[decided])
+        mixed += 0 < sample.seg[1].mean() < 1
+        # patch_must_contain [1, 2]: the patch around the centre holds liver or tumour
+        core = _padded_window(seg, sample.centre, model.topology.patch_size)
+        assert np.isin(core, (1, 2)).any()
+    assert mixed >= 6  # most regions reach beyond the 10 mm band around the liver
+
+
+def test_liver_model_learns_liver_and_tumour_as_one_class(phantom):
+    model, folder, fold = _model(phantom, "dual_binary", "liver")
+    loader = PatchLoader(folder, fold["train"], model, model.topology.patch_size, seed=2)
+    assert model.loss_mask_dilation_mm is None
+    for _ in range(5):
+        sample = loader.sample(fold["train"][0])
+        _, seg, _ = _case(folder, fold["train"][0])
+        assert sample.seg.shape[0] == 1
+        np.testing.assert_array_equal(sample.seg[0], _padded_window(seg, sample.centre, model.topology.patch_size) > 0)
+
+
+@pytest.mark.parametrize("model_name", ["multiclass", "liver"])
+def test_realised_centre_kinds_match_the_plan_over_many_batches(phantom, model_name):
+    model, folder, fold = _model(phantom, "multiclass" if model_name == "multiclass" else "dual_binary", model_name)
+    loader = PatchLoader(folder, fold["train"], model, model.topology.patch_size, seed=3)
+    kinds = [k for _ in range(400) for k in next(loader)["kinds"]]
+    # cases are drawn uniformly, so a kind's expected share is its mean probability over the cases
+    per_case = [case_probabilities(model.sampling, load_locations(folder / f"{c}_locations.npz")) for c in fold["train"]]
+    expected = {k: np.mean([p.get(k, 0.0) for p in per_case]) for k in {k for p in per_case for k in p}}
+    assert set(kinds) <= set(expected)
+    n = len(kinds)
+    for kind, p in expected.items():
+        assert abs(kinds.count(kind) / n - p) < 5 * math.sqrt(p * (1 - p) / n) + 1e-9, (kind, kinds.count(kind) / n, p)
+
+
+def test_cascade_stage_two_samples_inside_the_jittered_liver_box(phantom):
+    model, folder, fold = _model(phantom, "cascade", "fine")
+    roi = model.roi
+    patch = model.topology.patch_size
+    loader = PatchLoader(folder, fold["train"], model, patch, seed=4)
+    starts = set()
+    for i in range(60):
+        case_id = fold["train"][i % len(fold["train"])]
+        data, seg, properties = _case(folder, case_id)
+        sample = loader.sample(case_id)
+        spacing = properties["spacing_after_resampling"]
+        voxels = np.argwhere(np.isin(seg, roi.labels))
+        for axis, ((start, stop), lo, hi, n, s) in enumerate(zip(sample.box, voxels.min(0), voxels.max(0) + 1, seg.shape, spacing)):
+            widest, narrowest = math.ceil((roi.margin_mm + roi.jitter_mm) / s), math.floor((roi.margin_mm - roi.jitter_mm) / s)
+            assert max(0, lo - widest) <= start <= max(0, lo - narrowest), (axis, start, lo)
+            assert min(n, hi + narrowest) <= stop <= min(n, hi + widest), (axis, stop, hi)
+        starts.add(sample.box)
+        # the crop is the case: the region shows the image inside the box and zeros beyond it
+        inside = np.zeros(seg.shape, dtype=bool)
+        inside[tuple(slice(a, b) for a, b in sample.box)] = True
+        expected = _padded_window(data * inside, sample.centre, patch)
+        np.testing.assert_array_equal(sample.image, expected)
+        assert all(a <= c < b for c, (a, b) in zip(sample.centre, sample.box))
+    assert len(starts) > len(fold["train"])  # jittered: boxes differ between samples of one case
+
+
+def test_same_seed_same_batches_and_each_worker_its_own_stream(phantom):
+    model, folder, fold = _model(phantom, "multiclass", "multiclass")
+    region = sampling_region_size(model.topology.patch_size, anisotropic=True)
+
+    def batches(loader, n=3):
+        return [next(loader) for _ in range(n)]
+
+    first, second = batches(PatchLoader(folder, fold["train"], model, region, seed=5)), batches(PatchLoader(folder, fold["train"], model, region, seed=5))
+    assert all(a["keys"] == b["keys"] and a["centres"] == b["centres"] and np.array_equal(a["data"], b["data"]) for a, b in zip(first, second))
+    other = batches(PatchLoader(folder, fold["train"], model, region, seed=6))
+    assert [b["centres"] for b in other] != [b["centres"] for b in first]
+    worker0, worker1 = (PatchLoader(folder, fold["train"], model, region, seed=5) for _ in range(2))
+    worker0.set_thread_id(0)
+    worker1.set_thread_id(1)
+    assert [b["centres"] for b in batches(worker0)] == [b["centres"] for b in first]
+    assert [b["centres"] for b in batches(worker1)] != [b["centres"] for b in first]
+
+
+def test_loader_pickles_without_its_memory_maps(phantom):
+    model, folder, fold = _model(phantom, "multiclass", "multiclass")
+    loader = PatchLoader(folder, fold["train"], model, model.topology.patch_size, seed=7)
+    for _ in range(5):
+        next(loader)
+    assert loader._cache  # handles are open in this process
+    copy = pickle.loads(pickle.dumps(loader))
+    assert not copy._cache and next(copy)["data"].shape[0] == model.batch_size
+
+
+def test_missing_cases_and_bad_regions_are_reported(phantom, tmp_path):
+    model, folder, fold = _model(phantom, "multiclass", "multiclass")
+    with pytest.raises(LiversegError, match="nope.*liverseg_plan"):
+        PatchLoader(folder, [*fold["train"], "nope"], model, model.topology.patch_size, seed=0)
+    with pytest.raises(LiversegError, match="no preprocessed data"):
+        PatchLoader(tmp_path / "absent", fold["train"], model, model.topology.patch_size, seed=0)
+    with pytest.raises(LiversegError, match="no cases"):
+        PatchLoader(folder, [], model, model.topology.patch_size, seed=0)
+    with pytest.raises(ValueError, match="at least the patch size"):
+        PatchLoader(folder, fold["train"], model, (1, 1, 1), seed=0)
