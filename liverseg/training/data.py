@@ -117,9 +117,11 @@ def training_batches(
              model.name, list(patch), list(region), "anisotropic" if anisotropic else "isotropic", train_loader.batch_size,
              len(train_cases), len(val_cases), num_workers)
     with contextlib.ExitStack() as stack:
-        train = stack.enter_context(background_augmenter(train_loader, transforms, num_workers, seed=seed, seed_stream=train_stream))
+        train = stack.enter_context(background_augmenter(train_loader, transforms, num_workers, seed=seed,
+                                                         seed_stream=train_stream))
         val = None
         if val_loader is not None:
-            val = stack.enter_context(background_augmenter(val_loader, build_validation_transforms(patch), min(num_workers, 1),
-                                                           seed=seed, seed_stream=val_stream))
+            val_transforms = build_validation_transforms(patch)
+            val = stack.enter_context(background_augmenter(val_loader, val_transforms, min(num_workers, 1), seed=seed,
+                                                           seed_stream=val_stream))
         yield _Batches(train, has_mask), _Batches(val, has_mask)

@@ -11,7 +11,9 @@ plan's ratios hold over the batch, not all-or-nothing), and cuts one region per 
 
 ``seg`` channel 0 is the target in the model's labels (:func:`~liverseg.training.sampler.map_labels`);
 when the model has ``loss_mask_dilation_mm``, channel 1 is the loss mask (0/1), so every spatial
-augmentation moves the mask together with the labels.
+augmentation moves the mask together with the labels. The mask is computed once per case on the
+whole volume (:func:`~liverseg.training.sampler.dilated_mask`) and kept as bits; it is 0 beyond the
+case (and beyond the cascade crop), where there is only padding.
 
 Cascade stage 2 (``model.roi``): each sample first crops its case to the ground-truth box of
 ``roi.labels`` grown by ``roi.margin_mm`` and moved by a random amount in ``[-jitter_mm, jitter_mm]``
@@ -38,7 +40,16 @@ from liverseg.planning.plans import ModelPlan
 from liverseg.preprocessing.case import case_files, load_preprocessed_case
 from liverseg.preprocessing.locations import Locations, load_locations
 from liverseg.preprocessing.run import preprocessed_cases
-from liverseg.training.sampler import choose_centre, cut_region, draw_kinds, label_box, loss_mask, map_labels
+from liverseg.training.sampler import (
+    PackedMask,
+    choose_centre,
+    cut_region,
+    dilated_mask,
+    draw_kinds,
+    label_box,
+    map_labels,
+    overlap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,7 @@ class _Case:
     locations: Locations
     spacing: tuple[float, float, float]
     roi_box: Box | None
+    mask: PackedMask | None
 
 
 class Sample(NamedTuple):
@@ -90,7 +102,8 @@ class PatchLoader(DataLoader):
         self.patch_size = tuple(int(p) for p in model.topology.patch_size)
         self.region_size = tuple(int(r) for r in region_size)
         if len(self.region_size) != 3 or any(r < p for r, p in zip(self.region_size, self.patch_size)):
-            raise ValueError(f"region size {list(region_size)} must be (z, y, x) and at least the patch size {list(self.patch_size)}")
+            raise ValueError(f"region size {list(region_size)} must be (z, y, x) and at least the patch size "
+                             f"{list(self.patch_size)}")
         self.seed, self.stream = int(seed), int(stream)
         check_cases(self.folder, self.cases)
         self._cache: dict[str, _Case] = {}
@@ -135,11 +148,14 @@ class PatchLoader(DataLoader):
         centre = choose_centre(locations, self.model.sampling, seg.shape, self.rng, self.patch_size, seg, kind)
         image, labels = cut_region(data, seg, centre.position, self.region_size)
         channels = [map_labels(labels, self.model.learns)]
-        if self.model.loss_mask_dilation_mm is not None:
-            mask = loss_mask(seg, centre.position, self.region_size, self.model.loss_mask_labels,
-                             self.model.loss_mask_dilation_mm, case.spacing)
-            channels.append(mask.astype(np.uint8))
         position = tuple(int(c + lo) for c, (lo, _) in zip(centre.position, box))
+        if case.mask is not None:
+            mask = case.mask.cut(position, self.region_size)
+            if self.model.roi is not None:  # nothing counts beyond the crop, which is the case here
+                inside = np.zeros_like(mask)
+                inside[overlap(seg.shape, centre.position, self.region_size)[1]] = True
+                mask &= inside
+            channels.append(mask.view(np.uint8))
         return Sample(image, np.stack(channels), centre.kind, position, box)  # type: ignore[arg-type]
 
     def roi_crop(self, case: _Case, rng: np.random.Generator) -> Box:
@@ -166,14 +182,18 @@ class PatchLoader(DataLoader):
             if self.model.roi is not None:
                 roi_box = label_box(seg, self.model.roi.labels)
                 if roi_box is None:
-                    log.warning("%s: no voxel of labels %s, so the cascade crop is the whole case", case_id, list(self.model.roi.labels))
+                    log.warning("%s: no voxel of labels %s, so the cascade crop is the whole case", case_id,
+                                list(self.model.roi.labels))
+            mask = None
+            if self.model.loss_mask_dilation_mm is not None:
+                mask = PackedMask(dilated_mask(seg, self.model.loss_mask_labels, self.model.loss_mask_dilation_mm, spacing))
             locations = load_locations(case_files(self.folder, case_id)["locations"])
-            case = self._cache[case_id] = _Case(data, seg, locations, spacing, roi_box)  # type: ignore[arg-type]
+            case = self._cache[case_id] = _Case(data, seg, locations, spacing, roi_box, mask)  # type: ignore[arg-type]
         return case
 
 
 def shift_locations(locations: Locations, box: Box) -> Locations:
-    """The locations inside ``box`` (``[start, stop)`` per axis), in the box's coordinates; lesions left with none are dropped."""
+    """The locations inside ``box`` (``[start, stop)`` per axis), in the box's coordinates; lesions left empty are dropped."""
     low = np.array([lo for lo, _ in box])
     high = np.array([hi for _, hi in box])
 
@@ -200,5 +220,6 @@ def check_cases(folder: Path, cases: Sequence[str]) -> None:
                             "(or check splits.json)")
     no_label = [c for c in cases if not case_files(folder, c)["seg"].is_file()]
     if no_label:
-        raise LiversegError(f"{folder}: case(s) {', '.join(no_label[:5])} have no label map (_seg.npy); training needs labels")
+        raise LiversegError(f"{folder}: case(s) {', '.join(no_label[:5])} have no label map (_seg.npy); "
+                            "training needs labels; preprocess the dataset again with its labelsTr")
 

@@ -21,7 +21,7 @@ from liverseg.preprocessing.locations import load_locations
 from liverseg.preprocessing.run import preprocess_dataset
 from liverseg.training.augmentation import sampling_region_size
 from liverseg.training.patch_loader import PatchLoader
-from liverseg.training.sampler import case_probabilities, region_slices
+from liverseg.training.sampler import case_probabilities
 
 
 def _with_cascade(plan: Plan) -> Plan:
@@ -101,14 +101,14 @@ def test_target_mask_and_image_equal_independent_crops_of_the_case(phantom):
         np.testing.assert_array_equal(sample.image, _padded_window(data, sample.centre, region))
         original = _padded_window(seg, sample.centre, region)
         np.testing.assert_array_equal(sample.seg[0], original == 2)  # the tumour model learns {2: 1}
-        # independent mask: scipy's distance to liver or tumour over the whole case, padded so regions past the border crop
+        # independent mask: scipy's distance to liver or tumour over the whole case; nothing counts beyond the case
         if case_id not in distances:
-            padded = np.pad(seg, [(r, r) for r in region])
-            distances[case_id] = ndimage.distance_transform_edt(padded == 0, sampling=properties["spacing_after_resampling"])
-        window = tuple(slice(c - r // 2 + r, c - r // 2 + 2 * r) for c, r in zip(sample.centre, region))
-        distance = distances[case_id][window]
-        decided = np.abs(distance - model.loss_mask_dilation_mm) > 1e-3
-        np.testing.assert_array_equal(sample.seg[1].astype(bool)[decided], (distance <= model.loss_mask_dilation_mm)[decided])
+            distances[case_id] = ndimage.distance_transform_edt(seg == 0, sampling=properties["spacing_after_resampling"])
+        dilation = model.loss_mask_dilation_mm
+        expected = _padded_window(distances[case_id] <= dilation, sample.centre, region)
+        decided = _padded_window(np.abs(distances[case_id] - dilation) > 1e-3, sample.centre, region) | ~_padded_window(
+            np.ones(seg.shape, dtype=bool), sample.centre, region)  # float32 rounding may go either way at the threshold
+        np.testing.assert_array_equal(sample.seg[1].astype(bool)[decided], expected[decided])
         mixed += 0 < sample.seg[1].mean() < 1
         # patch_must_contain [1, 2]: the patch around the centre holds liver or tumour
         core = _padded_window(seg, sample.centre, model.topology.patch_size)
@@ -153,8 +153,10 @@ def test_cascade_stage_two_samples_inside_the_jittered_liver_box(phantom):
         sample = loader.sample(case_id)
         spacing = properties["spacing_after_resampling"]
         voxels = np.argwhere(np.isin(seg, roi.labels))
-        for axis, ((start, stop), lo, hi, n, s) in enumerate(zip(sample.box, voxels.min(0), voxels.max(0) + 1, seg.shape, spacing)):
-            widest, narrowest = math.ceil((roi.margin_mm + roi.jitter_mm) / s), math.floor((roi.margin_mm - roi.jitter_mm) / s)
+        gt_box = zip(voxels.min(0), voxels.max(0) + 1)
+        for axis, ((start, stop), (lo, hi), n, s) in enumerate(zip(sample.box, gt_box, seg.shape, spacing)):
+            widest = math.ceil((roi.margin_mm + roi.jitter_mm) / s)
+            narrowest = math.floor((roi.margin_mm - roi.jitter_mm) / s)
             assert max(0, lo - widest) <= start <= max(0, lo - narrowest), (axis, start, lo)
             assert min(n, hi + narrowest) <= stop <= min(n, hi + widest), (axis, stop, hi)
         starts.add(sample.box)
@@ -167,6 +169,23 @@ def test_cascade_stage_two_samples_inside_the_jittered_liver_box(phantom):
     assert len(starts) > len(fold["train"])  # jittered: boxes differ between samples of one case
 
 
+def test_a_masked_cascade_stage_counts_nothing_beyond_its_crop(phantom):
+    model, folder, fold = _model(phantom, "cascade", "fine")
+    model = dataclasses.replace(model, loss_mask_labels=(1, 2), loss_mask_dilation_mm=10.0)
+    patch = model.topology.patch_size
+    loader = PatchLoader(folder, fold["train"], model, patch, seed=8)
+    case_id = fold["train"][0]
+    _, seg, properties = _case(folder, case_id)
+    distance = ndimage.distance_transform_edt(seg == 0, sampling=properties["spacing_after_resampling"])
+    for _ in range(10):
+        sample = loader.sample(case_id)
+        inside = np.zeros(seg.shape, dtype=bool)
+        inside[tuple(slice(a, b) for a, b in sample.box)] = True
+        expected = _padded_window((distance <= 10.0) & inside, sample.centre, patch)
+        decided = ~_padded_window(np.abs(distance - 10.0) <= 1e-3, sample.centre, patch)
+        np.testing.assert_array_equal(sample.seg[1].astype(bool)[decided], expected[decided])
+
+
 def test_same_seed_same_batches_and_each_worker_its_own_stream(phantom):
     model, folder, fold = _model(phantom, "multiclass", "multiclass")
     region = sampling_region_size(model.topology.patch_size, anisotropic=True)
@@ -174,8 +193,10 @@ def test_same_seed_same_batches_and_each_worker_its_own_stream(phantom):
     def batches(loader, n=3):
         return [next(loader) for _ in range(n)]
 
-    first, second = batches(PatchLoader(folder, fold["train"], model, region, seed=5)), batches(PatchLoader(folder, fold["train"], model, region, seed=5))
-    assert all(a["keys"] == b["keys"] and a["centres"] == b["centres"] and np.array_equal(a["data"], b["data"]) for a, b in zip(first, second))
+    first = batches(PatchLoader(folder, fold["train"], model, region, seed=5))
+    second = batches(PatchLoader(folder, fold["train"], model, region, seed=5))
+    for a, b in zip(first, second):
+        assert a["keys"] == b["keys"] and a["centres"] == b["centres"] and np.array_equal(a["data"], b["data"])
     other = batches(PatchLoader(folder, fold["train"], model, region, seed=6))
     assert [b["centres"] for b in other] != [b["centres"] for b in first]
     worker0, worker1 = (PatchLoader(folder, fold["train"], model, region, seed=5) for _ in range(2))

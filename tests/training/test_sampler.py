@@ -1,4 +1,4 @@
-"""Patch sampler on constructed label maps: centre ratios, lesion-first, fallbacks, must-contain, regions, labels, loss mask."""
+"""Patch sampler on constructed label maps: centre ratios, lesion-first, fallbacks, must-contain, regions, labels, masks."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,14 +10,15 @@ from liverseg.preprocessing.locations import Locations, compute_locations
 from liverseg.training.sampler import (
     LESION,
     RANDOM,
+    PackedMask,
     case_probabilities,
     choose_centre,
     clamp_centre,
     class_kind,
     cut_region,
+    dilated_mask,
     draw_kinds,
     label_box,
-    loss_mask,
     map_labels,
     region_slices,
 )
@@ -183,30 +184,37 @@ def test_label_mapping_for_the_liver_and_tumour_models():
     assert map_labels(_label(), {2: 1}).sum() == 4000 + 8
 
 
-@pytest.mark.parametrize("centre", [(10, 30, 25), (0, 2, 48), (5, 45, 25)])  # the last region ends just before the liver
-def test_loss_mask_matches_a_distance_transform_of_the_whole_case(centre):
+def test_dilated_mask_matches_scipys_distance_transform():
     seg = np.zeros(SHAPE, dtype=np.uint8)
     seg[8:12, 25:35, 20:30] = 1
     seg[11, 33, 28] = 2
-    seg[0, 0, 49] = 1  # a liver voxel at a corner, near regions that cross the border
+    seg[0, 0, 49] = 1  # a lone voxel at a corner
     spacing, dilation = (3.1, 0.9, 1.1), 7.0
-    size = (6, 28, 20)
-    mask = loss_mask(seg, centre, size, (1, 2), dilation, spacing)
-    assert mask.shape == size and mask.dtype == bool
-    # independent: scipy on the whole case, padded by the region so that regions past the border can be cropped
-    pad = max(size)
-    distance = ndimage.distance_transform_edt(np.pad(seg, pad) == 0, sampling=spacing)
+    mask = dilated_mask(seg, (1, 2), dilation, spacing)
+    assert mask.shape == SHAPE and mask.dtype == bool
+    distance = ndimage.distance_transform_edt(seg == 0, sampling=spacing)
+    decided = np.abs(distance - dilation) > 1e-3  # float32 rounding may go either way on the threshold itself
+    np.testing.assert_array_equal(mask[decided], (distance <= dilation)[decided])
+    assert 0 < mask.mean() < 0.5
+    # only the listed labels count; 0 mm gives the labels themselves; no label, no mask
+    np.testing.assert_array_equal(dilated_mask(seg, (2,), 0.0, spacing), seg == 2)
+    assert not dilated_mask(seg, (3,), dilation, spacing).any()
+
+
+@pytest.mark.parametrize("centre", [(10, 30, 25), (0, 0, 0), (19, 59, 49), (5, 45, 3), (30, 30, 25), (-40, 0, 0)])
+@pytest.mark.parametrize("size", [(6, 28, 20), (3, 5, 13), (25, 70, 61)])
+def test_packed_masks_cut_the_same_regions_as_the_bool_volume(centre, size):
+    mask = np.random.default_rng(7).random(SHAPE) < 0.3  # x length 50: not a multiple of 8
+    packed = PackedMask(mask)
+    assert packed.bits.nbytes == 20 * 60 * 7
+    expected = _padded(mask, centre, size)
+    np.testing.assert_array_equal(packed.cut(centre, size), expected)
+
+
+def _padded(volume: np.ndarray, centre, size) -> np.ndarray:
+    pad = max(size) + 40
     window = tuple(slice(c - s // 2 + pad, c - s // 2 + s + pad) for c, s in zip(centre, size))
-    expected = distance[window] <= dilation
-    decided = np.abs(distance[window] - dilation) > 1e-3  # float32 rounding may go either way on the threshold itself
-    np.testing.assert_array_equal(mask[decided], expected[decided])
-    assert expected.any() and (~expected).any()
-
-
-def test_loss_mask_without_the_labels_nearby_is_empty():
-    seg = np.zeros(SHAPE, dtype=np.uint8)
-    seg[0, 0, 0] = 1
-    assert not loss_mask(seg, (19, 59, 49), (4, 8, 8), (1,), 10.0, (1.0, 1.0, 1.0)).any()
+    return np.pad(volume, pad)[window]
 
 
 def test_label_box():
