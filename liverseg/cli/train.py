@@ -1,0 +1,72 @@
+"""liverseg_train: train the models of a planned pipeline on one cross-validation fold."""
+from __future__ import annotations
+
+import argparse
+
+from liverseg.cli.common import run_command, setup_logging
+from liverseg.inference.device import DEVICE_CHOICES, configure_threads
+from liverseg.training.run import train
+from liverseg.training.settings import PRECISIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of liverseg_train."""
+    parser = argparse.ArgumentParser(
+        prog="liverseg_train",
+        description="Train every model of a pipeline (or one, -m) on a fold, as $LIVERSEG_PREPROCESSED/<dataset>/plans.json "
+        "says, into $LIVERSEG_RESULTS/<dataset>/<pipeline>/<model>/fold_<k>/: checkpoints, log.txt, progress.png and "
+        "the validation cases predicted whole (validation/summary.json). Options not given come from the plan. "
+        "Prints the results folders.",
+    )
+    parser.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
+    parser.add_argument("-c", "--pipeline", required=True, help="pipeline of plans.json: multiclass, dual_binary, cascade, ...")
+    parser.add_argument("-f", "--fold", required=True, help="fold of splits.json (0, 1, ...), or 'all' to train on every case")
+    parser.add_argument("-m", "--model", default=None, help="train only this model of the pipeline (e.g. tumour)")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto: a GPU if torch "
+                        "sees one)")
+    parser.add_argument("--continue", dest="continue_training", action="store_true", help="resume from the newest checkpoint "
+                        "of the folder (model, optimiser, schedule, random states, log); with --epochs, extend the schedule")
+    parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the plan's)")
+    parser.add_argument("--iters-per-epoch", dest="iterations_per_epoch", type=int, default=None,
+                        help="training iterations per epoch (default: the plan's)")
+    parser.add_argument("--val-iters", dest="validation_iterations", type=int, default=None,
+                        help="validation iterations per epoch, 0 for none (default: the plan's)")
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=None, help="initial learning rate (default: the plan's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: the plan's)")
+    parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pt every N epochs (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0); a CPU run with -np 0 is repeatable")
+    parser.add_argument("-np", "--num-workers", type=int, default=None, help="background processes for augmentation "
+                        "(default 2; 0 runs it in the training process)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="auto (default): fp16 mixed precision on a GPU, "
+                        "fp32 on the CPU; fp32; or bf16 mixed precision")
+    parser.add_argument("--init-from", default=None, help="checkpoint whose network weights start this run (same architecture)")
+    parser.add_argument("--init-stage2-from-stage1", action="store_true", help="cascade: start the second stage from the "
+                        "first stage's weights when the networks match")
+    parser.add_argument("--no-final-validation", dest="final_validation", action="store_false", default=None,
+                        help="skip predicting the validation cases at the end")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of liverseg_train."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    overrides = {key: getattr(args, key) for key in (
+        "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
+        "num_workers", "precision", "init_from", "final_validation")}
+
+    def body() -> int:
+        configure_threads(args.threads)
+        folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
+                        init_stage2_from_stage1=args.init_stage2_from_stage1, device=args.device,
+                        continue_training=args.continue_training or None, **overrides)
+        print("\n".join(str(f) for f in folders))
+        return 0
+
+    return run_command(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
