@@ -54,6 +54,8 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
         except LiversegError as e:
             raise LiversegError(f"{plans_path}: pipelines.{spec.name}.models.{m.name}: {e}") from None
         fold_cases(plan, preprocessed_folder(plan, m), fold)
+        if init_stage2_from_stage1 and m.roi is not None and m.roi.from_model not in [o.name for o in models]:
+            _stage1_checkpoint(results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}", m)
     folders = []
     for m in models:
         folder = results_root() / name / spec.name / m.name / f"fold_{fold}"
@@ -61,10 +63,10 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
         with atomic_output(folder / PLANS_FILE) as tmp:
             shutil.copyfile(plans_path, tmp)
         model_settings = settings[m.name]
-        if init_stage2_from_stage1 and m.roi is not None and not model_settings.continue_training:
-            model_settings = _with_stage1_weights(plan, m, results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}",
-                                                  model_settings)
         with log_file(folder / LOG_FILE):
+            if init_stage2_from_stage1 and m.roi is not None and not model_settings.continue_training:
+                stage1 = results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}"
+                model_settings = _with_stage1_weights(plan, m, stage1, model_settings)
             log.info("liverseg_train: dataset %s, pipeline %s, model %s, fold %s, settings %s", name, spec.name, m.name, fold,
                      model_settings.to_dict())
             train_model(plan, m, fold, folder, model_settings, pipeline=spec.name)
@@ -133,12 +135,9 @@ def log_file(path: Path) -> Iterator[None]:
 
 def _with_stage1_weights(plan: Plan, model: ModelPlan, stage1_folder: Path, settings: TrainSettings) -> TrainSettings:
     """``settings`` initialising from the first stage's final checkpoint, when the architectures match."""
-    source = stage1_folder / LATEST
     if settings.init_from is not None:
         return settings
-    if not source.is_file():
-        raise LiversegError(f"{source}: the first stage ({model.roi.from_model}) has no checkpoint to initialise "
-                            f"{model.name} from; train it first")
+    source = _stage1_checkpoint(stage1_folder, model)
     network = build_network(model.topology.network, len(plan.channel_names), model.num_classes,
                             **model.topology.network_kwargs())
     if not architectures_match(network, load_checkpoint(source)):
@@ -147,3 +146,12 @@ def _with_stage1_weights(plan: Plan, model: ModelPlan, stage1_folder: Path, sett
         return settings
     log.info("%s starts from the weights of %s (%s)", model.name, model.roi.from_model, source)
     return dataclasses.replace(settings, init_from=source)
+
+
+def _stage1_checkpoint(stage1_folder: Path, model: ModelPlan) -> Path:
+    """The first stage's final checkpoint, which must exist."""
+    source = stage1_folder / LATEST
+    if not source.is_file():
+        raise LiversegError(f"{source}: the first stage ({model.roi.from_model}) has no checkpoint to initialise "
+                            f"{model.name} from; train it first")
+    return source
