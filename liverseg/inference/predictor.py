@@ -271,7 +271,7 @@ class Predictor:
         if isinstance(image, (list, tuple)) and image and all(isinstance(i, (str, Path)) for i in image):
             return read_channels([Path(i) for i in image])
         if isinstance(image, (list, tuple)) and image and all(isinstance(i, sitk.Image) for i in image):
-            channels = [sitk_to_array(i, f"{case_id} channel {k}") for k, i in enumerate(image)]
+            channels = [sitk_to_array(i, case_id if len(image) == 1 else f"{case_id} channel {k}") for k, i in enumerate(image)]
             for k, (_, g) in enumerate(channels[1:], 1):
                 problem = geometry_mismatch(channels[0][1], g)
                 if problem:
