@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from liverseg.cli.common import run_command, setup_logging
-from liverseg.inference.device import DEVICE_CHOICES, configure_threads
+from liverseg.inference.device import DEVICE_CHOICES
 from liverseg.training.run import train
 from liverseg.training.settings import PRECISIONS
 
@@ -35,16 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: the plan's)")
     parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pt every N epochs (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0); a CPU run with -np 0 is repeatable")
-    parser.add_argument("-np", "--num-workers", type=int, default=None, help="background processes for augmentation "
-                        "(default 2; 0 runs it in the training process)")
+    parser.add_argument("-np", "--num-workers", type=int, default=None, help="background processes for augmentation, 0 runs "
+                        "it in the training process (default: 1 on a CPU with 2+ cores, on a GPU one per core but one, "
+                        "at most 8)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="auto (default): fp16 mixed precision on a GPU, "
-                        "fp32 on the CPU; fp32; or bf16 mixed precision")
+                        "bf16 on a CPU with native bf16 (avx512_bf16/AMX), else fp32; fp32; or bf16 mixed precision")
     parser.add_argument("--init-from", default=None, help="checkpoint whose network weights start this run (same architecture)")
     parser.add_argument("--init-stage2-from-stage1", action="store_true", help="cascade: start the second stage from the "
                         "first stage's weights when the networks match")
     parser.add_argument("--no-final-validation", dest="final_validation", action="store_false", default=None,
                         help="skip predicting the validation cases at the end")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the training process (default: on a CPU "
+                        "the cores the augmentation workers leave, at least 1; on a GPU every core)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -55,10 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     overrides = {key: getattr(args, key) for key in (
         "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
-        "num_workers", "precision", "init_from", "final_validation")}
+        "num_workers", "threads", "precision", "init_from", "final_validation")}
 
     def body() -> int:
-        configure_threads(args.threads)
         folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
                         init_stage2_from_stage1=args.init_stage2_from_stage1, device=args.device,
                         continue_training=args.continue_training or None, **overrides)

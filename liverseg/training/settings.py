@@ -16,8 +16,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from liverseg.errors import LiversegError
-from liverseg.inference.device import DEVICE_CHOICES
+from liverseg.inference.device import DEVICE_CHOICES, autocast_dtype, available_cpus
 from liverseg.networks import get_network
 from liverseg.planning.plans import ModelPlan
 from liverseg.training.losses import get_loss
@@ -26,7 +28,6 @@ from liverseg.training.optim import LR_SCHEDULES, OPTIMIZERS
 PRECISIONS = ("auto", "fp32", "bf16")
 DEFAULT_SAVE_EVERY = 1
 DEFAULT_SEED = 0
-DEFAULT_WORKERS = 2
 # Values a resumed run takes from its checkpoint unless given again; where the run happens
 # (device, workers) and what to do now (continue, init_from, final validation) are not among them.
 RESUMED_FIELDS = ("epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every",
@@ -37,10 +38,13 @@ RESUMED_FIELDS = ("epochs", "iterations_per_epoch", "validation_iterations", "le
 class TrainSettings:
     """Everything a training run needs besides the plan.
 
-    ``precision``: ``auto`` = fp16 autocast with a gradient scaler on CUDA, fp32 on the CPU;
-    ``fp32``; ``bf16`` = bf16 autocast on either device. ``init_from`` is a checkpoint whose
-    network weights start the run (e.g. a cascade's second stage from its first). ``explicit``
-    names the fields the user gave (the others came from the plan or the defaults).
+    ``precision``: ``auto`` = fp16 autocast with a gradient scaler on CUDA, bf16 autocast on a CPU
+    with native bf16 instructions (fp32 on others); ``fp32``; ``bf16`` = bf16 autocast on either
+    device. ``num_workers`` (augmentation processes) and ``threads`` (torch threads of the training
+    process) of None are chosen for the device (:func:`resolve_workers`).
+    ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
+    from its first). ``explicit`` names the fields the user gave (the others came from the plan or
+    the defaults).
     """
 
     epochs: int
@@ -51,7 +55,8 @@ class TrainSettings:
     save_every: int = DEFAULT_SAVE_EVERY
     seed: int = DEFAULT_SEED
     device: str = "auto"
-    num_workers: int = DEFAULT_WORKERS
+    num_workers: int | None = None
+    threads: int | None = None
     precision: str = "auto"
     continue_training: bool = False
     init_from: Path | None = None
@@ -60,8 +65,10 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for name, minimum in (("epochs", 1), ("iterations_per_epoch", 1), ("validation_iterations", 0), ("batch_size", 1),
-                              ("save_every", 1), ("seed", 0), ("num_workers", 0)):
+                              ("save_every", 1), ("seed", 0), ("num_workers", 0), ("threads", 1)):
             value = getattr(self, name)
+            if value is None and name in ("num_workers", "threads"):
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise LiversegError(f"{_option(name)} must be a whole number >= {minimum}; got {value!r}")
         lr = self.learning_rate
@@ -124,6 +131,32 @@ class TrainSettings:
         return d
 
 
+def resolve_workers(settings: TrainSettings, device: torch.device) -> TrainSettings:
+    """``settings`` with augmentation workers and torch threads chosen for ``device`` where they are None.
+
+    CPU: one worker when there are at least two cores, the network gets the other cores. CUDA: a
+    worker per core but one (at most 8), torch keeps every core.
+    """
+    cpus = available_cpus()
+    workers = settings.num_workers
+    if workers is None:
+        workers = min(8, max(1, cpus - 1)) if device.type == "cuda" else min(1, cpus - 1)
+    threads = settings.threads
+    if threads is None:
+        threads = cpus if device.type == "cuda" else max(1, cpus - workers)
+    return replace(settings, num_workers=workers, threads=threads)
+
+
+def training_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
+    """Autocast dtype (None = fp32) and whether a gradient scaler is needed, for ``precision`` on ``device``."""
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    dtype = autocast_dtype(device, "auto")
+    return dtype, dtype == torch.float16
+
+
 def check_plan_names(model: ModelPlan) -> None:
     """Raise a LiversegError when the model's network, loss, optimiser or schedule name is not registered."""
     try:
@@ -137,7 +170,7 @@ def check_plan_names(model: ModelPlan) -> None:
 
 _OPTIONS = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch", "validation_iterations": "--val-iters",
             "learning_rate": "--lr", "batch_size": "--batch-size", "save_every": "--save-every", "seed": "--seed",
-            "num_workers": "-np", "precision": "--precision", "device": "--device"}
+            "num_workers": "-np", "threads": "--threads", "precision": "--precision", "device": "--device"}
 
 
 def _option(name: str) -> str:

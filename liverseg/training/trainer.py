@@ -15,10 +15,13 @@
 4. **at the end**: whole-case prediction of the fold's validation cases
    (:func:`liverseg.training.validation.validate_cases`).
 
-Precision: on CUDA, ``auto`` trains under fp16 autocast with a gradient scaler (nnU-Net's
-default). On the CPU, ``auto`` trains in fp32: bf16 autocast made the fast preset's training
-steps slower on this machine (see docs/training.md), although it speeds up inference; ``bf16``
-turns it on anyway.
+Precision and threads: on CUDA, ``auto`` trains under fp16 autocast with a gradient scaler
+(nnU-Net's default). On a CPU with native bf16 instructions (avx512_bf16, AMX) ``auto`` trains
+under bf16 autocast, 1.5-1.8x faster per step than fp32 for the fast preset on this 2-core
+machine (``benchmarks/training_speed.py``); weights, optimiser and losses stay fp32. Other CPUs
+train in fp32. Without explicit settings a CPU run uses one augmentation worker (none on a
+single core) and gives the network the remaining cores: on a shared 2-core machine a second
+torch thread competing with the worker or with other jobs made steps 2-7x *slower*.
 
 Online validation (pseudo-Dice, best checkpoint) uses the fold's ``inner_val`` cases when
 splits.json has them (a model-selection set that the final validation never sees), else its
@@ -28,6 +31,7 @@ final validation.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -55,7 +59,7 @@ from liverseg.training.deep_supervision import DeepSupervisionLoss
 from liverseg.training.history import format_record, mean_dice, plot_progress, update_ema
 from liverseg.training.losses import build_loss
 from liverseg.training.optim import build_lr_schedule, build_optimizer, clip_gradients
-from liverseg.training.settings import TrainSettings
+from liverseg.training.settings import TrainSettings, resolve_workers, training_precision
 from liverseg.training.validation import class_names, dice_from_counts, overlap_counts, validate_cases
 
 log = logging.getLogger(__name__)
@@ -105,34 +109,54 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
         log.warning("--continue: no checkpoint in %s yet, starting from the beginning", results_dir)
     if resumed is not None:
         settings = settings.resumed(resumed[1]["settings"], resumed[1]["epoch"])
-    seed_everything(settings.seed)
-    parts = build_parts(model, len(plan.channel_names), settings, device)
-    state = RunState()
-    if resumed is not None:
-        state = restore(parts, resumed[1], resumed[0], model, settings)
-    elif settings.init_from is not None:
-        ckpt.load_network_weights(parts.network, ckpt.load_checkpoint(settings.init_from), settings.init_from)
-        log.info("network initialised from %s", settings.init_from)
-    names = class_names(model, plan.labels)
-    log.info("training %s, fold %s: %d training and %d validation case(s), epochs %d to %d, %d iterations of batch %d, "
-             "device %s (%s)", model.name, fold, len(train_cases), len(online_val), state.epoch, settings.epochs,
-             settings.iterations_per_epoch, settings.batch_size, device, parts.autocast or torch.float32)
-    for epoch in range(state.epoch, settings.epochs):
-        record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, epoch)
-        state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
-        record["ema_dice"] = state.ema_dice
-        state.history.append(record)
-        state.epoch = epoch + 1
-        log.info(format_record(record, names))
-        plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
-        save_checkpoints(parts, state, plan, model, fold, settings, pipeline, results_dir)
-    summary = None
-    if settings.final_validation and final_val:
-        raw = RawDataset(raw_root() / plan.dataset)
-        summary = validate_cases(parts.network, model, plan.labels, data_folder, raw, final_val, results_dir, device,
-                                 {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
+    settings = resolve_workers(settings, device)
+    with torch_threads(settings.threads):
+        parts, state = start_run(model, len(plan.channel_names), settings, device, resumed)
+        names = class_names(model, plan.labels)
+        log.info("training %s, fold %s: %d training and %d validation case(s), epochs %d to %d, %d iterations of batch %d, "
+                 "%s (%s, %d thread(s), %d augmentation worker(s))", model.name, fold, len(train_cases), len(online_val),
+                 state.epoch, settings.epochs, settings.iterations_per_epoch, settings.batch_size, device,
+                 parts.autocast or torch.float32, settings.threads, settings.num_workers)
+        for epoch in range(state.epoch, settings.epochs):
+            record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, epoch)
+            state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
+            record["ema_dice"] = state.ema_dice
+            state.history.append(record)
+            state.epoch = epoch + 1
+            log.info(format_record(record, names))
+            plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
+            save_checkpoints(parts, state, plan, model, fold, settings, pipeline, results_dir)
+        summary = None
+        if settings.final_validation and final_val:
+            raw = RawDataset(raw_root() / plan.dataset)
+            summary = validate_cases(parts.network, model, plan.labels, data_folder, raw, final_val, results_dir, device,
+                                     {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
     return {"results_dir": str(results_dir), "epochs": state.epoch, "ema_dice": state.ema_dice,
             "best_ema_dice": state.best_ema_dice, "history": state.history, "validation": summary}
+
+
+def start_run(model: ModelPlan, in_channels: int, settings: TrainSettings, device: torch.device,
+              resumed: tuple[Path, dict[str, Any]] | None) -> tuple[TrainingParts, RunState]:
+    """Seeded parts and the state to start from: a checkpoint's, or epoch 0 (with ``init_from``'s weights if given)."""
+    seed_everything(settings.seed)
+    parts = build_parts(model, in_channels, settings, device)
+    if resumed is not None:
+        return parts, restore(parts, resumed[1], resumed[0], model, settings)
+    if settings.init_from is not None:
+        ckpt.load_network_weights(parts.network, ckpt.load_checkpoint(settings.init_from), settings.init_from)
+        log.info("network initialised from %s", settings.init_from)
+    return parts, RunState()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads, then restore the previous number."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def preprocessed_folder(plan: Plan, model: ModelPlan) -> Path:
@@ -169,15 +193,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def training_precision(device: torch.device, precision: str) -> tuple[torch.dtype | None, bool]:
-    """Autocast dtype (None = fp32) and whether a gradient scaler is needed, for ``precision`` on ``device``."""
-    if precision == "fp32":
-        return None, False
-    if precision == "bf16":
-        return torch.bfloat16, False
-    return (torch.float16, True) if device.type == "cuda" else (None, False)
 
 
 def build_parts(model: ModelPlan, in_channels: int, settings: TrainSettings, device: torch.device) -> TrainingParts:

@@ -15,7 +15,7 @@ from liverseg.training import checkpoint as ckpt
 from liverseg.training.run import parse_fold, train, training_order
 
 DATASET = "Dataset903_RunPhantom"
-FAST = {"iterations_per_epoch": 1, "validation_iterations": 1, "num_workers": 0, "device": "cpu"}
+FAST = {"iterations_per_epoch": 1, "validation_iterations": 1, "num_workers": 0, "threads": 1, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def _edit(path, change):
 def test_a_hand_edited_plan_is_used_and_checked(stores):
     path = stores["edit"]()
     _edit(path, lambda m: m["schedule"].update(epochs=1, iterations_per_epoch=1, validation_iterations=0))
-    folder = train(DATASET, "multiclass", "all", num_workers=0, device="cpu", final_validation=False)[0]
+    folder = train(DATASET, "multiclass", "all", num_workers=0, threads=1, device="cpu", final_validation=False)[0]
     saved = ckpt.load_checkpoint(folder / ckpt.LATEST)
     assert (saved["epoch"], saved["settings"]["iterations_per_epoch"], saved["settings"]["validation_iterations"]) == (1, 1, 0)
 

@@ -5,10 +5,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from liverseg.errors import LiversegError
+from liverseg.inference.device import bf16_supported
 from liverseg.planning.plans import ModelPlan, NetworkTopology, SamplingSpec, TrainingSchedule
-from liverseg.training.settings import TrainSettings, check_plan_names
+from liverseg.training.settings import TrainSettings, check_plan_names, resolve_workers, training_precision
 
 
 def _model(network: str = "unet", **schedule: object) -> ModelPlan:
@@ -86,3 +88,26 @@ def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         settings.epochs = 3  # type: ignore[misc]
     assert replace(settings, epochs=3).epochs == 3
+
+
+@pytest.mark.parametrize("device, cpus, given, expected", [
+    ("cpu", 2, {}, (1, 1)),          # one augmentation worker, the other core for the network
+    ("cpu", 1, {}, (0, 1)),
+    ("cpu", 8, {}, (1, 7)),
+    ("cpu", 2, {"num_workers": 0}, (0, 2)),
+    ("cpu", 2, {"threads": 2}, (1, 2)),
+    ("cuda", 16, {}, (8, 16)),
+    ("cuda", 4, {}, (3, 4)),
+])
+def test_workers_and_threads_are_chosen_for_the_device(monkeypatch, device, cpus, given, expected):
+    monkeypatch.setattr("liverseg.training.settings.available_cpus", lambda: cpus)
+    settings = resolve_workers(TrainSettings.from_overrides(_model(), **given), torch.device(device))
+    assert (settings.num_workers, settings.threads) == expected
+
+
+def test_precision_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training_precision(cpu, "fp32") == (None, False) and training_precision(cuda, "fp32") == (None, False)
+    assert training_precision(cpu, "bf16") == (torch.bfloat16, False)
+    assert training_precision(cuda, "auto") == (torch.float16, True)  # fp16 needs the gradient scaler
+    assert training_precision(cpu, "auto") == ((torch.bfloat16 if bf16_supported() else None), False)

@@ -52,7 +52,7 @@ def tiny(planned, tmp_path, monkeypatch):
 
 
 def _settings(model, **values) -> TrainSettings:
-    base = {"iterations_per_epoch": 2, "validation_iterations": 1, "num_workers": 0, "device": "cpu"}
+    base = {"iterations_per_epoch": 2, "validation_iterations": 1, "num_workers": 0, "threads": 1, "device": "cpu"}
     return TrainSettings.from_overrides(model, **{**base, **values})
 
 
@@ -131,7 +131,7 @@ def test_a_killed_training_process_continues_from_an_intact_checkpoint(tiny, pla
     folder = results / DATASET / "multiclass" / "multiclass" / "fold_0"
     code = ("import torch; torch.set_num_threads(1)\n"
             "from liverseg.training.run import train\n"
-            f"train({DATASET!r}, 'multiclass', 0, epochs=8, iterations_per_epoch=2, validation_iterations=1, num_workers=0, "
+            f"train({DATASET!r}, 'multiclass', 0, epochs=8, iterations_per_epoch=2, validation_iterations=1, num_workers=0, threads=1, "
             "device='cpu', final_validation=False)\n")
     env = {**os.environ, "LIVERSEG_RAW": str(planned["raw"]), "LIVERSEG_PREPROCESSED": str(planned["preprocessed"]),
            "LIVERSEG_RESULTS": str(results)}
