@@ -25,7 +25,7 @@ def stores(tmp_path_factory):
             patch.setenv(f"LIVERSEG_{name.upper()}", str(root / name))
         generate_dataset(root / "raw" / DATASET, 4, size="tiny")
         plan_dataset(DATASET, num_workers=1, preset="fast", verify=False)
-        train(DATASET, "multiclass", 0, epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0,
+        train(DATASET, "multiclass", 0, epochs=1, iterations_per_epoch=2, validation_iterations=1, batch_size=2, num_workers=0,
               device="cpu", final_validation=False)
     return root
 

@@ -37,8 +37,8 @@ def test_the_only_trained_dataset_and_the_plans_recommended_pipeline_with_every_
 
 @pytest.mark.parametrize("name", [DATASET, "PredictPhantom", "951"])
 def test_a_dataset_by_name_folder_name_or_id(trained_env, name):
-    loaded = load_pipeline(name, "dual_binary", folds=["1"])
-    assert loaded.dataset == DATASET and loaded.folds == [1]
+    loaded = load_pipeline(name, "dual_binary", folds=["0"])
+    assert loaded.dataset == DATASET and loaded.folds == [0]
     assert [m.name for m in loaded.models] == ["liver", "tumour"]
 
 
@@ -60,17 +60,17 @@ def test_weights_are_the_checkpoints_in_eval_mode_without_deep_supervision(train
 def test_pipeline_model_and_fold_folders(trained_env):
     pipeline_dir = trained_env.dataset_dir / "dual_binary"
     by_pipeline = load_pipeline(pipeline_dir)
-    assert by_pipeline.pipeline.name == "dual_binary" and by_pipeline.folds == [0, 1]
+    assert by_pipeline.pipeline.name == "dual_binary" and by_pipeline.folds == [0]
     assert by_pipeline.pipeline.combine == "dual_binary_merge"
 
     alone = load_pipeline(pipeline_dir / "tumour")
-    assert [m.name for m in alone.models] == ["tumour"] and alone.folds == [0, 1]
+    assert [m.name for m in alone.models] == ["tumour"] and alone.folds == [0]
     assert alone.pipeline.combine == "argmax" and alone.postprocessing == []  # the pipeline's steps need both models
 
-    one_fold = load_pipeline(pipeline_dir / "liver" / "fold_1")
-    assert [m.name for m in one_fold.models] == ["liver"] and one_fold.folds == [1]
-    with pytest.raises(LiversegError, match="is fold 1, but folds"):
-        load_pipeline(pipeline_dir / "liver" / "fold_1", folds=[0])
+    one_fold = load_pipeline(pipeline_dir / "liver" / "fold_0")
+    assert [m.name for m in one_fold.models] == ["liver"] and one_fold.folds == [0]
+    with pytest.raises(LiversegError, match="is fold 0, but folds"):
+        load_pipeline(pipeline_dir / "liver" / "fold_0", folds=[1])
     with pytest.raises(LiversegError, match="holds pipeline dual_binary, but pipeline multiclass"):
         load_pipeline(pipeline_dir, pipeline="multiclass")
 
@@ -86,7 +86,8 @@ def test_best_falls_back_to_latest_and_latest_must_exist(results_copy):
 
 
 def test_a_fold_missing_for_one_model_is_left_out_or_refused(results_copy):
-    shutil.rmtree(results_copy / "dual_binary" / "tumour" / "fold_1")
+    liver = results_copy / "dual_binary" / "liver"
+    shutil.copytree(liver / "fold_0", liver / "fold_1")  # fold 1 trained for the liver model only
     assert load_pipeline(DATASET, "dual_binary").folds == [0]
     with pytest.raises(LiversegError, match=r"fold\(s\) 1 .*liver: 0, 1; tumour: 0"):
         load_pipeline(DATASET, "dual_binary", folds=[1])
@@ -94,14 +95,15 @@ def test_a_fold_missing_for_one_model_is_left_out_or_refused(results_copy):
 
 def test_inference_json_chooses_pipeline_folds_and_postprocessing(results_copy):
     steps = [{"name": "close_tumour", "params": {"kernel": [1, 5, 5]}}]
-    path = write_inference_config(results_copy, "dual_binary", [1], steps, checkpoint="latest")
-    assert read_inference_config(path) == {"pipeline": "dual_binary", "folds": [1], "postprocessing": steps,
+    path = write_inference_config(results_copy, "dual_binary", [0], steps, checkpoint="latest")
+    assert read_inference_config(path) == {"pipeline": "dual_binary", "folds": [0], "postprocessing": steps,
                                            "checkpoint": "latest"}
     loaded = load_pipeline(DATASET)
-    assert loaded.pipeline.name == "dual_binary" and loaded.folds == [1]
+    assert loaded.pipeline.name == "dual_binary" and loaded.folds == [0]
     assert loaded.postprocessing == steps and loaded.postprocessing_source == str(path)
     assert all(m.checkpoints[0].name == LATEST for m in loaded.models)
-    assert load_pipeline(DATASET, folds=[0]).folds == [0]  # asked-for folds win
+    with pytest.raises(LiversegError, match=r"fold\(s\) 1 have no"):  # asked-for folds win
+        load_pipeline(DATASET, folds=[1])
     explicit = load_pipeline(DATASET, "multiclass")  # an explicit pipeline ignores inference.json
     assert explicit.pipeline.name == "multiclass" and explicit.postprocessing_source == "plan"
 
@@ -124,7 +126,7 @@ def test_errors_list_what_exists(trained_env, tmp_path, monkeypatch):
     with pytest.raises(LiversegError, match=f"datasets with trained models there: {DATASET}"):
         load_pipeline("Unknown")
     with pytest.raises(LiversegError, match=r"pipeline 'nope' .* trained: cascade \(coarse: folds 0; fine: folds 0\), "
-                                            r"dual_binary \(liver: folds 0, 1; tumour: folds 0, 1\), multiclass"):
+                                            r"dual_binary \(liver: folds 0; tumour: folds 0\), multiclass"):
         load_pipeline(DATASET, "nope")
     with pytest.raises(LiversegError, match=r"fold\(s\) 4 have no best checkpoint"):
         load_pipeline(DATASET, "multiclass", folds=[4])
@@ -147,5 +149,5 @@ def test_errors_list_what_exists(trained_env, tmp_path, monkeypatch):
 
 def test_describe_trained_lists_pipelines_models_and_folds(trained):
     assert describe_trained(trained.dataset_dir) == (
-        "cascade (coarse: folds 0; fine: folds 0), dual_binary (liver: folds 0, 1; tumour: folds 0, 1), "
+        "cascade (coarse: folds 0; fine: folds 0), dual_binary (liver: folds 0; tumour: folds 0), "
         "multiclass (multiclass: folds 0, 1)")
