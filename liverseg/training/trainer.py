@@ -51,6 +51,7 @@ from liverseg.inference.device import resolve_device
 from liverseg.io.dataset import RawDataset
 from liverseg.networks import build_network
 from liverseg.paths import preprocessed_root, raw_root
+from liverseg.planning.plan_dataset import SPLITS_FILE
 from liverseg.planning.plans import ModelPlan, Plan
 from liverseg.preprocessing.run import preprocessed_cases
 from liverseg.training import checkpoint as ckpt
@@ -65,7 +66,6 @@ from liverseg.training.validation import class_names, dice_from_counts, overlap_
 log = logging.getLogger(__name__)
 
 PROGRESS_PLOT = "progress.png"
-SPLITS_FILE = "splits.json"
 
 
 @dataclass
@@ -117,6 +117,8 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                  "%s (%s, %d thread(s), %d augmentation worker(s))", model.name, fold, len(train_cases), len(online_val),
                  state.epoch, settings.epochs, settings.iterations_per_epoch, settings.batch_size, device,
                  parts.autocast or torch.float32, settings.threads, settings.num_workers)
+        if state.epoch >= settings.epochs:
+            log.info("all %d epochs are done (give more with --epochs to train longer)", settings.epochs)
         for epoch in range(state.epoch, settings.epochs):
             record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, epoch)
             state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
