@@ -103,7 +103,8 @@ def main() -> None:
             for threads in (1, 2):
                 for precision in ("fp32", "bf16"):
                     seconds = time_steps(plan, model, threads, precision, args.steps)
-                    print(f"  {threads} thread(s) {precision:5s} {seconds:6.3f} s/step  {model.batch_size / seconds:6.2f} patches/s")
+                    print(f"  {threads} thread(s) {precision:5s} {seconds:6.3f} s/step  "
+                          f"{model.batch_size / seconds:6.2f} patches/s")
                     if best is None or seconds < best[0]:
                         best = (seconds, threads, precision)
             _, threads, precision = best

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the validation cases predicted whole (validation/summary.json). Options not given come from the plan. "
         "Prints the results folders.",
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
     parser.add_argument("-c", "--pipeline", required=True, help="pipeline of plans.json: multiclass, dual_binary, cascade, ...")
     parser.add_argument("-f", "--fold", required=True, help="fold of splits.json (0, 1, ...), or 'all' to train on every case")
     parser.add_argument("-m", "--model", default=None, help="train only this model of the pipeline (e.g. tumour)")
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training iterations per epoch (default: the plan's)")
     parser.add_argument("--val-iters", dest="validation_iterations", type=int, default=None,
                         help="validation iterations per epoch, 0 for none (default: the plan's)")
-    parser.add_argument("--lr", dest="learning_rate", type=float, default=None, help="initial learning rate (default: the plan's)")
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=None,
+                        help="initial learning rate (default: the plan's)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: the plan's)")
     parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pt every N epochs (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0); a CPU run with -np 0 is repeatable")

@@ -78,9 +78,11 @@ class TrainSettings:
             raise LiversegError(f"{_option('precision')} must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         device = str(self.device).lower()
         if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
-            raise LiversegError(f"{_option('device')} must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N); got {self.device!r}")
+            raise LiversegError(f"{_option('device')} must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N); "
+                                f"got {self.device!r}")
         if self.init_from is not None and self.continue_training:
-            raise LiversegError("--init-from starts a new run from other weights and --continue resumes this one; give one of them")
+            raise LiversegError("--init-from starts a new run from other weights and --continue resumes this one; "
+                                "give one of them")
 
     @classmethod
     def from_overrides(cls, model: ModelPlan, **values: Any) -> "TrainSettings":

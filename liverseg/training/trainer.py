@@ -300,7 +300,10 @@ def validation_iterations(parts: TrainingParts, batches: Iterator[dict], iterati
 
 def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: ModelPlan, fold: int | str,
                      settings: TrainSettings, pipeline: str | None, results_dir: Path) -> None:
-    """Write checkpoint_best.pt when the pseudo-Dice average improved, checkpoint_latest.pt every ``save_every`` epochs and at the end."""
+    """Write checkpoint_best.pt when the pseudo-Dice average improved, checkpoint_latest.pt as ``save_every`` says.
+
+    The latest checkpoint is written every ``save_every`` epochs and after the last one.
+    """
     improved = state.ema_dice is not None and (state.best_ema_dice is None or state.ema_dice > state.best_ema_dice)
     if improved:
         state.best_ema_dice = state.ema_dice

@@ -111,7 +111,10 @@ def validate_cases(
     device: torch.device,
     use_bf16: bool | str = "auto",
 ) -> dict[str, Any]:
-    """Predict ``cases`` whole, write labels, probabilities and ``summary.json`` into ``results_dir/validation``; return the summary."""
+    """Predict ``cases`` whole; write labels, probabilities and ``summary.json`` into ``results_dir/validation``.
+
+    Returns the summary.
+    """
     folder = Path(results_dir) / VALIDATION_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     table = output_labels(model)

@@ -35,7 +35,8 @@ def planned(dataset, tmp_path, monkeypatch):
 
 
 def test_trains_prints_the_folder_and_continues_with_more_epochs(planned, capsys):
-    assert main(["-d", "CliPhantom", "-c", "multiclass", "-f", "0", "--epochs", "1", "--no-final-validation", "--device", "cpu", *QUICK]) == 0
+    first = ["-d", "CliPhantom", "-c", "multiclass", "-f", "0", "--epochs", "1", "--no-final-validation", "--device", "cpu"]
+    assert main([*first, *QUICK]) == 0
     folder = planned["results"] / DATASET / "multiclass" / "multiclass" / "fold_0"
     assert capsys.readouterr().out.strip() == str(folder)
     assert load_checkpoint(folder / LATEST)["epoch"] == 1 and not (folder / "validation").exists()

@@ -63,7 +63,8 @@ def test_every_model_of_the_pipeline_trains_unless_one_is_asked_for(stores):
     assert [f.relative_to(stores["results"]).as_posix() for f in both] == [
         f"{DATASET}/dual_binary/liver/fold_all", f"{DATASET}/dual_binary/tumour/fold_all"]
     assert ckpt.load_checkpoint(both[1] / ckpt.LATEST)["model"] == "tumour"
-    one = train(DATASET, "dual_binary", "all", model="tumour", epochs=2, continue_training=True, **{**FAST, "validation_iterations": 0})
+    one = train(DATASET, "dual_binary", "all", model="tumour", epochs=2, continue_training=True,
+                **{**FAST, "validation_iterations": 0})
     assert one == [both[1]] and ckpt.load_checkpoint(both[1] / ckpt.LATEST)["epoch"] == 2
 
 
@@ -104,7 +105,8 @@ def test_a_hand_edited_plan_is_used_and_checked(stores):
     _edit(path, lambda m: m["topology"].update(patch_size=[15, 48, 48]))
     with pytest.raises(LiversegError) as error:
         train(DATASET, "multiclass", 0, **FAST)
-    assert str(path) in str(error.value) and "patch_size [15, 48, 48] is not divisible by the product of the strides" in str(error.value)
+    assert str(path) in str(error.value)
+    assert "patch_size [15, 48, 48] is not divisible by the product of the strides" in str(error.value)
 
     _edit(path, lambda m: (m["topology"].update(patch_size=[16, 48, 48]), m["schedule"].update(loss="tversky")))
     with pytest.raises(LiversegError) as error:

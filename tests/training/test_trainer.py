@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,8 +130,8 @@ def test_a_killed_training_process_continues_from_an_intact_checkpoint(tiny, pla
     folder = results / DATASET / "multiclass" / "multiclass" / "fold_0"
     code = ("import torch; torch.set_num_threads(1)\n"
             "from liverseg.training.run import train\n"
-            f"train({DATASET!r}, 'multiclass', 0, epochs=8, iterations_per_epoch=2, validation_iterations=1, num_workers=0, threads=1, "
-            "device='cpu', final_validation=False)\n")
+            f"train({DATASET!r}, 'multiclass', 0, epochs=8, iterations_per_epoch=2, validation_iterations=1, num_workers=0, "
+            "threads=1, device='cpu', final_validation=False)\n")
     env = {**os.environ, "LIVERSEG_RAW": str(planned["raw"]), "LIVERSEG_PREPROCESSED": str(planned["preprocessed"]),
            "LIVERSEG_RESULTS": str(results)}
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
