@@ -96,15 +96,17 @@ def test_two_epochs_write_checkpoints_figure_and_validation_in_the_input_geometr
     assert '"dice_foreground"' in on_disk and '"liver"' in on_disk
 
 
-def test_a_run_stopped_and_continued_ends_with_identical_weights(tiny, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_run_stopped_and_continued_ends_with_identical_weights(tiny, tmp_path, workers):
     plan, model = tiny
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train_model(plan, model, 0, straight, _settings(model, epochs=2, final_validation=False))
-    train_model(plan, model, 0, split, _settings(model, epochs=1, final_validation=False))
+    train_model(plan, model, 0, straight, _settings(model, epochs=2, num_workers=workers, final_validation=False))
+    train_model(plan, model, 0, split, _settings(model, epochs=1, num_workers=workers, final_validation=False))
     first = ckpt.load_checkpoint(split / ckpt.LATEST)
     assert first["epoch"] == 1 and first["lr_schedule"]["max_steps"] == 1
     # --continue --epochs 2: the finished 1-epoch schedule is extended to 2 epochs
-    train_model(plan, model, 0, split, _settings(model, epochs=2, continue_training=True, final_validation=False))
+    train_model(plan, model, 0, split, _settings(model, epochs=2, num_workers=workers, continue_training=True,
+                                                 final_validation=False))
     a, b = ckpt.load_checkpoint(straight / ckpt.LATEST), ckpt.load_checkpoint(split / ckpt.LATEST)
     for key, value in a["network"].items():
         assert torch.equal(value, b["network"][key]), key
