@@ -27,14 +27,14 @@ def planned(tmp_path_factory):
         for name, path in stores.items():
             path.mkdir()
             patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
-        generate_dataset(stores["raw"] / DATASET, 4, size="tiny")
+        generate_dataset(env["raw"] / DATASET, 4, size="tiny")
         plan_dataset(DATASET, num_workers=1, preset="fast", verify=False)
     return stores
 
 
 @pytest.fixture
-def stores(planned, tmp_path, monkeypatch):
-    """The planned stores in the environment, with fresh results; ``stores["edit"]()`` gives a private plans.json to change."""
+def env(planned, tmp_path, monkeypatch):
+    """The planned stores in the environment, with fresh results; ``env["edit"]()`` gives a private plans.json to change."""
     for name, path in planned.items():
         monkeypatch.setenv(f"LIVERSEG_{name.upper()}", str(path))
     monkeypatch.setenv("LIVERSEG_RESULTS", str(tmp_path / "results"))
@@ -48,19 +48,19 @@ def stores(planned, tmp_path, monkeypatch):
     return {**planned, "results": tmp_path / "results", "edit": private_plan}
 
 
-def test_results_folder_holds_the_plan_copy_log_and_training_files(stores):
+def test_results_folder_holds_the_plan_copy_log_and_training_files(env):
     folders = train("RunPhantom", "multiclass", 0, epochs=1, **FAST)
-    folder = stores["results"] / DATASET / "multiclass" / "multiclass" / "fold_0"
+    folder = env["results"] / DATASET / "multiclass" / "multiclass" / "fold_0"
     assert folders == [folder]
-    assert (folder / "plans.json").read_bytes() == (stores["preprocessed"] / DATASET / "plans.json").read_bytes()
+    assert (folder / "plans.json").read_bytes() == (env["preprocessed"] / DATASET / "plans.json").read_bytes()
     log = (folder / "log.txt").read_text()
     assert "epoch 0: train loss" in log and "validation phantom_" in log and "liverseg_train: dataset Dataset903" in log
     assert {ckpt.LATEST, ckpt.BEST, "progress.png", "validation"} <= {p.name for p in folder.iterdir()}
 
 
-def test_every_model_of_the_pipeline_trains_unless_one_is_asked_for(stores):
+def test_every_model_of_the_pipeline_trains_unless_one_is_asked_for(env):
     both = train(DATASET, "dual_binary", "all", epochs=1, **{**FAST, "validation_iterations": 0})
-    assert [f.relative_to(stores["results"]).as_posix() for f in both] == [
+    assert [f.relative_to(env["results"]).as_posix() for f in both] == [
         f"{DATASET}/dual_binary/liver/fold_all", f"{DATASET}/dual_binary/tumour/fold_all"]
     assert ckpt.load_checkpoint(both[1] / ckpt.LATEST)["model"] == "tumour"
     one = train(DATASET, "dual_binary", "all", model="tumour", epochs=2, continue_training=True,
@@ -75,14 +75,14 @@ def test_every_model_of_the_pipeline_trains_unless_one_is_asked_for(stores):
     ("multiclass", 9, None, "fold 9 does not exist"),
     ("multiclass", "first", None, "fold must be a number (0, 1, ...) or 'all'; got 'first'"),
 ])
-def test_bad_requests_stop_before_anything_is_written(stores, pipeline, fold, model, message):
+def test_bad_requests_stop_before_anything_is_written(env, pipeline, fold, model, message):
     with pytest.raises(LiversegError) as error:
         train(DATASET, pipeline, fold, model=model, epochs=1, **FAST)
     assert message in str(error.value)
-    assert not stores["results"].exists()
+    assert not env["results"].exists()
 
 
-def test_bad_overrides_name_the_plan_and_the_option(stores):
+def test_bad_overrides_name_the_plan_and_the_option(env):
     with pytest.raises(LiversegError, match=r"plans.json: pipelines.multiclass.models.multiclass: --epochs \(epochs\) must be"):
         train(DATASET, "multiclass", 0, epochs=-3, **FAST)
     with pytest.raises(LiversegError, match="unknown training setting"):
@@ -95,8 +95,8 @@ def _edit(path, change):
     path.write_text(json.dumps(content))
 
 
-def test_a_hand_edited_plan_is_used_and_checked(stores):
-    path = stores["edit"]()
+def test_a_hand_edited_plan_is_used_and_checked(env):
+    path = env["edit"]()
     _edit(path, lambda m: m["schedule"].update(epochs=1, iterations_per_epoch=1, validation_iterations=0))
     folder = train(DATASET, "multiclass", "all", num_workers=0, threads=1, device="cpu", final_validation=False)[0]
     saved = ckpt.load_checkpoint(folder / ckpt.LATEST)
@@ -114,8 +114,8 @@ def test_a_hand_edited_plan_is_used_and_checked(stores):
     assert str(path) in str(error.value) and "unknown loss name 'tversky'; known: " in str(error.value)
 
 
-def test_cascade_stages_train_in_order_and_stage_two_can_start_from_stage_one(stores):
-    path = stores["edit"]()
+def test_cascade_stages_train_in_order_and_stage_two_can_start_from_stage_one(env):
+    path = env["edit"]()
     content = json.loads(path.read_text())
     coarse = content["pipelines"]["multiclass"]["models"]["multiclass"]
     fine = {**coarse, "roi": {"labels": [1, 2], "margin_mm": 15, "jitter_mm": 10, "from_model": "coarse"}}
@@ -133,11 +133,11 @@ def test_cascade_stages_train_in_order_and_stage_two_can_start_from_stage_one(st
     assert "fine starts from scratch" in (narrow_folders[1] / "log.txt").read_text()
     with pytest.raises(LiversegError, match="the first stage \\(coarse\\) has no checkpoint"):
         train(DATASET, "cascade", 0, model="fine", init_stage2_from_stage1=True, **settings)
-    assert not (stores["results"] / DATASET / "cascade" / "fine" / "fold_0").exists()
+    assert not (env["results"] / DATASET / "cascade" / "fine" / "fold_0").exists()
 
 
-def test_training_order_puts_each_stage_after_its_source(stores):
-    plan = load_plan(stores["preprocessed"] / DATASET / "plans.json")
+def test_training_order_puts_each_stage_after_its_source(env):
+    plan = load_plan(env["preprocessed"] / DATASET / "plans.json")
     base = plan.pipeline("multiclass").model("multiclass")
     a = replace(base, name="a", roi=RegionOfInterest((1,), 5.0, 0.0, "b"))
     b = replace(base, name="b", roi=RegionOfInterest((1,), 5.0, 0.0, "c"))
