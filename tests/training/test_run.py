@@ -27,7 +27,7 @@ def planned(tmp_path_factory):
         for name, path in stores.items():
             path.mkdir()
             patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
-        generate_dataset(env["raw"] / DATASET, 4, size="tiny")
+        generate_dataset(stores["raw"] / DATASET, 4, size="tiny")
         plan_dataset(DATASET, num_workers=1, preset="fast", verify=False)
     return stores
 
