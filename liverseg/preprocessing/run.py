@@ -36,8 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -48,7 +46,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from liverseg.errors import LiversegError
-from liverseg.io.atomic import read_json, write_json
+from liverseg.io.atomic import is_stale_temporary, is_temporary, read_json, write_json
 from liverseg.io.dataset import RawDataset, open_dataset
 from liverseg.paths import preprocessed_root
 from liverseg.preprocessing.case import PROPERTIES_VERSION, STEPS, CaseTimings, case_files, preprocess_case
@@ -59,7 +57,6 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
 _OUTPUT_SUFFIXES = (".npy", ".npz", ".json")
-_TEMPORARY = re.compile(r"^\.tmp(\d+)_")
 _HASH_CHUNK = 1 << 22
 
 
@@ -161,8 +158,8 @@ def _prepare_folder(folder: Path, spec: PreprocessingSpec, cases: list[str]) -> 
     expected = {SPEC_FILE} | {p.name for case in cases for p in case_files(folder, case).values()}
     removed = set()
     for path in folder.iterdir():
-        temporary = _TEMPORARY.match(path.name)
-        if temporary and not _process_alive(int(temporary.group(1))):
+        temporary = is_temporary(path)
+        if temporary and is_stale_temporary(path):
             path.unlink(missing_ok=True)
         elif not temporary and path.is_file() and path.name not in expected and path.name.endswith(_OUTPUT_SUFFIXES):
             removed.add(path.name)
@@ -283,22 +280,6 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a killed worker not yet reaped by anyone counts as dead)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a zombie has state Z in the field after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _read_json_or_none(path: Path) -> Any:

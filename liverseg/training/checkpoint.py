@@ -22,10 +22,8 @@ old one), so a process killed while saving leaves the previous checkpoint intact
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
-import re
 import time
 import zipfile
 from pathlib import Path
@@ -44,7 +42,6 @@ CHECKPOINT_FORMAT = "liverseg-checkpoint"
 CHECKPOINT_VERSION = 1
 LATEST = "checkpoint_latest.pt"
 BEST = "checkpoint_best.pt"
-_TEMPORARY = re.compile(r"^\.tmp(\d+)_")
 _REQUIRED = ("network", "optimizer", "lr_schedule", "epoch", "rng", "history", "plan", "model", "settings")
 
 
@@ -94,22 +91,6 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
     if not found:
         return None
     return max(found, key=lambda item: item[1]["epoch"])
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files that a killed writer left in ``folder`` (their process is gone); returns them."""
-    removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for path in folder.iterdir():
-        match = _TEMPORARY.match(path.name)
-        if match and path.is_file() and not _alive(int(match.group(1))):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    if removed:
-        log.info("removed %d temporary file(s) a killed run left in %s", len(removed), folder)
-    return removed
 
 
 def load_network_weights(network: nn.Module, checkpoint: Mapping[str, Any], source: str | Path) -> None:
@@ -165,15 +146,3 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
                         len(cuda), torch.cuda.device_count())
         for index, state in enumerate(cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, index)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

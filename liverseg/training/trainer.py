@@ -48,6 +48,7 @@ from tqdm import tqdm
 from liverseg.data.splits import read_splits
 from liverseg.errors import LiversegError
 from liverseg.inference.device import resolve_device
+from liverseg.io.atomic import remove_stale_temporaries
 from liverseg.io.dataset import RawDataset
 from liverseg.networks import build_network
 from liverseg.paths import preprocessed_root, raw_root
@@ -100,7 +101,7 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
     """
     results_dir = Path(results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(results_dir)
+    remove_stale_temporaries(results_dir)
     data_folder = preprocessed_folder(plan, model)
     train_cases, online_val, final_val = fold_cases(plan, data_folder, fold)
     device = resolve_device(settings.device)
