@@ -139,8 +139,8 @@ def dual_binary_merge(pipeline: PipelineSpec, case: CaseModels) -> Combined:
     liver = [m for m in pipeline.models if _binary_label(m) is not None and LIVER in _binary_label(m)]
     tumour = [m for m in pipeline.models if _binary_label(m) == frozenset({TUMOUR})]
     if len(liver) != 1 or len(tumour) != 1 or len(pipeline.models) != 2:
-        raise LiversegError(f"pipeline {pipeline.name}: dual_binary_merge needs one binary liver model (learning label {LIVER}, "
-                            f"and {TUMOUR} with it) and one binary tumour model (learning label {TUMOUR} only); got "
+        raise LiversegError(f"pipeline {pipeline.name}: dual_binary_merge needs one binary liver model (learning label "
+                            f"{LIVER}, and {TUMOUR} with it) and one binary tumour model (learning label {TUMOUR} only); got "
                             f"{', '.join(f'{m.name} learns {m.learns}' for m in pipeline.models)}")
     p_liver = case.to_original(liver[0].name, case.probabilities(liver[0].name)[1:])[0]
     p_tumour = case.to_original(tumour[0].name, case.probabilities(tumour[0].name)[1:])[0]

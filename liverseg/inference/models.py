@@ -141,7 +141,8 @@ def read_inference_config(path: str | Path) -> dict[str, Any]:
                             "\"postprocessing\" and \"checkpoint\"; fix or delete it")
     unknown = sorted(set(content) - {"pipeline", "folds", "postprocessing", "checkpoint"})
     if unknown:
-        raise LiversegError(f"{path}: unknown key(s) {', '.join(unknown)}; known: pipeline, folds, postprocessing, checkpoint")
+        raise LiversegError(f"{path}: unknown key(s) {', '.join(unknown)}; "
+                            "known: pipeline, folds, postprocessing, checkpoint")
     try:
         config = {"pipeline": content["pipeline"], "folds": [parse_fold(f) for f in content["folds"]]}
         if "postprocessing" in content:
@@ -285,12 +286,14 @@ def _locate(source: str | Path | None, pipeline: str | None,
             if not path.is_dir():
                 raise
     if not path.is_dir():
-        raise LiversegError(f"{path}: results folder not found; give a dataset's, pipeline's, model's or fold's results folder")
+        raise LiversegError(f"{path}: results folder not found; give a dataset's, pipeline's, model's or fold's "
+                            "results folder")
     path = path.resolve()
     if any((path / n).is_file() for n in (BEST, LATEST)):  # a fold folder
         fold = parse_fold(path.name[len(FOLD_PREFIX):]) if path.name.startswith(FOLD_PREFIX) else None
         if fold is None:
-            raise LiversegError(f"{path}: a folder with checkpoints must be called fold_<k>, inside <Dataset>/<pipeline>/<model>/")
+            raise LiversegError(f"{path}: a folder with checkpoints must be called fold_<k>, inside "
+                                "<Dataset>/<pipeline>/<model>/")
         if folds is not None and folds != [fold]:
             raise LiversegError(f"{path} is fold {fold}, but folds {folds} were asked for; give the model folder instead")
         return path.parents[2], _same(pipeline, path.parents[1].name, path), path.parent.name, [fold]
@@ -300,8 +303,9 @@ def _locate(source: str | Path | None, pipeline: str | None,
         return path.parent, _same(pipeline, path.name, path), None, folds
     if _trained(path):  # a dataset folder
         return path, pipeline, None, folds
-    raise LiversegError(f"{path}: no trained models here; expected a results folder <Dataset>[/<pipeline>[/<model>[/fold_<k>]]] "
-                        "holding fold_<k>/checkpoint_best.pt or checkpoint_latest.pt")
+    raise LiversegError(f"{path}: no trained models here; expected a results folder "
+                        "<Dataset>[/<pipeline>[/<model>[/fold_<k>]]] holding fold_<k>/checkpoint_best.pt or "
+                        "checkpoint_latest.pt")
 
 
 def _same(asked: str | None, found: str, path: Path) -> str:
@@ -323,8 +327,8 @@ def _plan_of(dataset_dir: Path, pipeline: str | None) -> Plan:
 def _trained_pipeline(plan: Plan, dataset_dir: Path, name: str) -> PipelineSpec:
     names = [p.name for p in plan.pipelines]
     if name not in names or not plan.pipeline(name).emitted or not (dataset_dir / name).is_dir():
-        raise LiversegError(f"pipeline '{name}' of {dataset_dir.name} is not trained; trained: {describe_trained(dataset_dir)}. "
-                            "Choose one with -c, or train it with liverseg_train")
+        raise LiversegError(f"pipeline '{name}' of {dataset_dir.name} is not trained; trained: "
+                            f"{describe_trained(dataset_dir)}. Choose one with -c, or train it with liverseg_train")
     return plan.pipeline(name)
 
 
@@ -343,8 +347,8 @@ def _choose_folds(pipeline_dir: Path, models: Sequence[ModelPlan], folds: list[F
         return common
     absent = [f for f in folds if f not in common]
     if absent:
-        raise LiversegError(f"{pipeline_dir}: fold(s) {', '.join(map(str, absent))} have no {checkpoint} checkpoint for every "
-                            f"model (folds per model: {listing})")
+        raise LiversegError(f"{pipeline_dir}: fold(s) {', '.join(map(str, absent))} have no {checkpoint} checkpoint "
+                            f"for every model (folds per model: {listing})")
     return sorted(set(folds), key=_fold_key)
 
 

@@ -176,7 +176,8 @@ class Predictor:
             return None
         if isinstance(mirror_axes, str):
             if mirror_axes != "auto":
-                raise LiversegError(f"mirror_axes must be 'auto' or a list of axes (0 = z, 1 = y, 2 = x); got {mirror_axes!r}")
+                raise LiversegError(f"mirror_axes must be 'auto' or a list of axes (0 = z, 1 = y, 2 = x); "
+                                    f"got {mirror_axes!r}")
             return IN_PLANE_AXES if is_anisotropic(model.spec.target_spacing) else ALL_AXES
         mirror_combinations(mirror_axes)  # validates
         return tuple(int(a) for a in mirror_axes)
@@ -271,15 +272,17 @@ class Predictor:
         if isinstance(image, (list, tuple)) and image and all(isinstance(i, (str, Path)) for i in image):
             return read_channels([Path(i) for i in image])
         if isinstance(image, (list, tuple)) and image and all(isinstance(i, sitk.Image) for i in image):
-            channels = [sitk_to_array(i, case_id if len(image) == 1 else f"{case_id} channel {k}") for k, i in enumerate(image)]
+            sources = [case_id] if len(image) == 1 else [f"{case_id} channel {k}" for k in range(len(image))]
+            channels = [sitk_to_array(i, source) for i, source in zip(image, sources)]
             for k, (_, g) in enumerate(channels[1:], 1):
                 problem = geometry_mismatch(channels[0][1], g)
                 if problem:
-                    raise LiversegError(f"{case_id}: channel {k}: {problem} compared with channel 0; channels must share one grid")
+                    raise LiversegError(f"{case_id}: channel {k}: {problem} compared with channel 0; "
+                                        "channels must share one grid")
             return np.stack([a.astype(np.float32, copy=False) for a, _ in channels]), channels[0][1]
         if not isinstance(image, np.ndarray):
-            raise LiversegError(f"{case_id}: cannot predict a {type(image).__name__}; give a SimpleITK image, a file path or a "
-                                "numpy array (z, y, x) or (channels, z, y, x) with its spacing")
+            raise LiversegError(f"{case_id}: cannot predict a {type(image).__name__}; give a SimpleITK image, a file "
+                                "path or a numpy array (z, y, x) or (channels, z, y, x) with its spacing")
         if image.ndim not in (3, 4):
             raise LiversegError(f"{case_id}: a numpy image must be (z, y, x) or (channels, z, y, x); got shape {image.shape}")
         array = (image[None] if image.ndim == 3 else image).astype(np.float32, copy=False)

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 DICOM_OUTPUT_SUFFIX = ".nii.gz"
 SETTINGS_FILE = "predict_settings.json"
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CaseResult = tuple[dict[str, Any], dict[str, float]]  # a predicted case's lesion report and seconds per stage
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ class CaseInput:
 
 @dataclass
 class RunSummary:
-    """What a prediction run did: cases predicted, skipped (complete already) and failed (with the reason)."""
+    """What a prediction run did: cases predicted, skipped (complete already) and failed (with the reason).
+
+    ``timings`` holds the seconds of each predicted case per stage (read, preprocess, network,
+    map_back, postprocess, report, write); ``seconds`` is the whole run's wall time.
+    """
 
     output: Path
     cases: int
@@ -84,6 +89,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -109,11 +115,12 @@ def find_cases(source: str | Path, num_channels: int = 1) -> list[CaseInput]:
     if source.is_file():
         suffix = image_suffix(source)
         if not suffix:
-            raise LiversegError(f"{source}: not a supported image file (endings: .nii.gz, .nii, .nrrd, .mha, .mhd)")
+            raise LiversegError(f"{source}: not a supported image file (endings: .nii.gz, .nii, .nrrd, .mha, .mhd); "
+                                "for DICOM give the folder holding the series")
         stem = source.name[: -len(suffix)]
         match = _CHANNEL_FILE.match(stem)
         if match and match["channel"] == "0000":
-            files = sorted(source.parent.glob(f"{glob_escape(match['case'])}_[0-9][0-9][0-9][0-9]{suffix}"))
+            files = sorted(source.parent.glob(f"{_glob_escape(match['case'])}_[0-9][0-9][0-9][0-9]{suffix}"))
             return [_channel_case(match["case"], files, suffix, num_channels)]
         return [_plain_case(stem, source, suffix, num_channels)]
     files = sorted(p for p in source.iterdir() if p.is_file() and image_suffix(p))
@@ -147,7 +154,7 @@ def find_cases(source: str | Path, num_channels: int = 1) -> list[CaseInput]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     """``text`` with glob's special characters escaped."""
     return re.sub(r"([*?\[])", r"[\1]", text)
 
@@ -165,8 +172,8 @@ def _channel_case(case: str, paths: list[Path], suffix: str, num_channels: int) 
     expected = [f"{case}_{k:04d}{suffix}" for k in range(num_channels)]
     problem = ""
     if [p.name for p in paths] != expected:
-        problem = (f"{paths[0].parent / expected[0]}: case {case} has channel files {', '.join(p.name for p in paths)} but the "
-                   f"model expects {num_channels} channel(s): {', '.join(expected)}")
+        problem = (f"{paths[0].parent / expected[0]}: case {case} has channel files {', '.join(p.name for p in paths)} "
+                   f"but the model expects {num_channels} channel(s): {', '.join(expected)}")
     return CaseInput(case, tuple(paths), suffix, problem)
 
 
@@ -206,8 +213,8 @@ def check_output_folder(output: Path, inputs: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=output, prefix=".write_test"):
             pass
     except OSError as e:
-        raise LiversegError(f"{output}: the output folder cannot be created or written to ({e.strerror or e}); choose another "
-                            "-o or fix its permissions") from None
+        raise LiversegError(f"{output}: the output folder cannot be created or written to ({e.strerror or e}); "
+                            "choose another -o or fix its permissions") from None
 
 
 def predict_folder(source: str | Path, output: str | Path, predictor: Predictor | None = None, *, num_workers: int = 1,
@@ -250,9 +257,9 @@ def predict_folder(source: str | Path, output: str | Path, predictor: Predictor 
              predictor.models.pipeline.name, predictor.models.dataset, ", ".join(map(str, predictor.models.folds)))
     export = _Exporter(output, predictor, save_probabilities, lesion_maps)
     for case, outcome in _pipelined(todo, predictor, export, num_workers):
-        if isinstance(outcome, dict):
+        if isinstance(outcome, tuple):
             summary.predicted.append(case.case_id)
-            reports[case.case_id] = outcome
+            reports[case.case_id], summary.timings[case.case_id] = outcome
         else:
             summary.failed[case.case_id] = outcome
     suffix = "" if num_parts == 1 else f"_part{part_id}"
@@ -281,14 +288,14 @@ class _Exporter:
         self.output, self.predictor = output, predictor
         self.save_probabilities, self.lesion_maps = save_probabilities, lesion_maps
 
-    def __call__(self, case: CaseInput, prepared: PreparedCase, combined: Combined) -> dict[str, Any]:
+    def __call__(self, case: CaseInput, prepared: PreparedCase, combined: Combined) -> CaseResult:
         prediction = self.predictor.finish(prepared, combined, keep_probabilities=self.save_probabilities)
         start = time.perf_counter()
         files = output_files(self.output, case, self.save_probabilities, self.lesion_maps)
         self.write(prediction, files)
         prediction.seconds["write"] = time.perf_counter() - start
         _log_case(case, prediction)
-        return prediction.lesion_report
+        return prediction.lesion_report, prediction.seconds
 
     def write(self, prediction: Prediction, files: dict[str, Path]) -> None:
         """Write the case's files, the label map last (its old version deleted first: a case is complete iff it exists)."""
@@ -336,9 +343,12 @@ def _prepare(predictor: Predictor, case: CaseInput) -> PreparedCase:
         raise LiversegError(text if where in text else f"{where}: {text}") from None
 
 
-def _pipelined(cases: list[CaseInput], predictor: Predictor, export: Callable[..., dict[str, Any]],
+def _pipelined(cases: list[CaseInput], predictor: Predictor, export: Callable[..., CaseResult],
                num_workers: int):
-    """Yield ``(case, report or failure reason)`` per case as each finishes, preparing and exporting around the network."""
+    """Yield ``(case, (report, seconds) or failure reason)`` per case as each finishes.
+
+    Cases are prepared ahead and exported behind the network (module docstring).
+    """
     if not cases:
         return
     bar = tqdm(total=len(cases), desc="predict", unit="case", disable=None)

@@ -210,3 +210,51 @@ def test_a_numpy_array_needs_its_spacing_and_bad_options_are_refused(trained_env
         Predictor.from_folder(trained_env.dataset, "multiclass", step=0)
     with pytest.raises(LiversegError, match="batch_windows"):
         Predictor.from_folder(trained_env.dataset, "multiclass", batch_windows=0)
+
+
+@pytest.mark.slow
+def test_a_small_phantom_model_scores_as_in_its_training_validation_and_keeps_every_grid(tmp_path, monkeypatch):
+    """Train on `small` phantoms; the predictor reproduces the training validation's Dice, bf16 matches fp32,
+    and held-out scans (one stored flipped) get label maps on exactly their own grids."""
+    from liverseg.data.phantom import generate_dataset
+    from liverseg.inference.run import predict_folder
+    from liverseg.io.atomic import read_json
+    from liverseg.planning.plan_dataset import plan_dataset
+    from liverseg.training.run import train
+
+    for name in ("raw", "preprocessed", "results"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(f"LIVERSEG_{name.upper()}", str(tmp_path / name))
+    dataset = "Dataset956_SmallPredict"
+    generate_dataset(tmp_path / "raw" / dataset, 6, size="small", num_workers=2)
+    plan_dataset(dataset, num_workers=2, preset="fast", verify=False)
+    folder = train(dataset, "multiclass", 0, epochs=3, iterations_per_epoch=20, validation_iterations=2, num_workers=1,
+                   device="cpu")[0]
+    summary = read_json(folder / VALIDATION_FOLDER / "summary.json")
+    scores = {}
+    for use_bf16 in ("auto", False):
+        predictor = Predictor.from_folder(dataset, "multiclass", folds=[0], checkpoint="latest", use_bf16=use_bf16, **FAST)
+        for row in summary["cases"]:
+            image = tmp_path / "raw" / dataset / "imagesTr" / f"{row['case']}_0000.nii.gz"
+            reference, _ = read_image(tmp_path / "raw" / dataset / "labelsTr" / f"{row['case']}.nii.gz")
+            prediction = predictor.predict(image, keep_probabilities=True)
+            label = prediction.label
+            scores[use_bf16, row["case"]] = [dice(reference == k, label == k) for k in (1, 2)]
+            if use_bf16 == "auto":  # the training validated with the same precision
+                written, _ = read_image(folder / VALIDATION_FOLDER / f"{row['case']}.nii.gz")
+                np.testing.assert_array_equal(label, written)
+                saved = np.load(folder / VALIDATION_FOLDER / f"{row['case']}.npz")["probabilities"].astype(np.float32)
+                np.testing.assert_allclose(prediction.probabilities.astype(np.float32), saved, atol=1e-3)
+                expected = [np.nan if row["dice"][str(k)] is None else row["dice"][str(k)] for k in (1, 2)]
+                np.testing.assert_allclose(scores[use_bf16, row["case"]], expected, atol=1e-4)
+    for row in summary["cases"]:
+        np.testing.assert_allclose(scores["auto", row["case"]], scores[False, row["case"]], atol=0.01)
+
+    heldout = generate_dataset(tmp_path / "heldout", 3, seed=7, size="small") / "imagesTr"
+    stored = sitk.DICOMOrient(sitk.ReadImage(str(heldout / "phantom_000_0000.nii.gz")), "RAS")
+    sitk.WriteImage(stored, str(heldout / "flipped_0000.nii.gz"))
+    run = predict_folder(heldout, tmp_path / "predictions", model=dataset, pipeline="multiclass", folds=[0], num_workers=1)
+    assert sorted(run.predicted) == ["flipped", "phantom_000", "phantom_001", "phantom_002"]
+    for case in run.predicted:
+        _same_header(sitk.ReadImage(str(tmp_path / "predictions" / f"{case}.nii.gz")),
+                     sitk.ReadImage(str(heldout / f"{case}_0000.nii.gz")))
