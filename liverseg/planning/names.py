@@ -3,8 +3,8 @@
 A plan names these parts as strings, and they are checked here when a plan is built or loaded,
 so a typo in a hand-edited plans.json fails at once and not hours into training. Networks,
 losses, optimisers, learning-rate schedules and post-processing steps are looked up in their
-registries (which include the names installed plugins declare); the kinds without a registry yet
-(combine rules) and the planner's own vocabularies are listed in :data:`KNOWN_NAMES`.
+registries (which include the names installed plugins declare), and so are combine rules; the
+planner's own vocabularies are listed in :data:`KNOWN_NAMES`.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from liverseg.training.losses import available_losses
 from liverseg.training.optim import LR_SCHEDULES, OPTIMIZERS
 
 KNOWN_NAMES: dict[str, tuple[str, ...]] = {
-    # How the models of a pipeline become one 3-class label map.
-    "combine": ("argmax", "dual_binary_merge", "cascade_paste"),
     # What a model's patch must hold: the liver box, lesion boxes plus context, or the whole volume.
     "bbox_target": ("liver", "lesions", "volume"),
     # The grid a model works on: the plan's target spacing, or the cascade's coarse spacing.
@@ -26,7 +24,17 @@ KNOWN_NAMES: dict[str, tuple[str, ...]] = {
     # When a pipeline is worth training: always, or only when volumes are much larger than a patch.
     "emit": ("always", "large_volume"),
 }
+
+
+def _combine_rules() -> list[str]:
+    """How the models of a pipeline become one 3-class label map (the inference registry)."""
+    from liverseg.inference.combine import COMBINE_RULES  # late: the combine rules import the plan classes
+
+    return COMBINE_RULES.available()
+
+
 _REGISTRIES: dict[str, Callable[[], list[str]]] = {
+    "combine": _combine_rules,
     "network": available_networks,
     "loss": available_losses,
     "optimizer": OPTIMIZERS.names,
