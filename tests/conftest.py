@@ -1,10 +1,15 @@
 """Shared fixtures: every test gets its own raw/preprocessed/results stores."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
+
+from liverseg.planning.plans import Plan
+from liverseg.planning.templates import load_templates
 
 # Tiny tensors gain nothing from threads, and on a shared 2-core machine thread contention makes
 # them many times slower: the whole suite runs single-threaded in torch.
@@ -19,3 +24,23 @@ def stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         path.mkdir()
         monkeypatch.setenv(f"LIVERSEG_{name.upper()}", str(path))
     return dirs
+
+
+def with_cascade(plan: Plan) -> Plan:
+    """The plan with its cascade emitted: a coarse stage twice as coarse in-plane, a fine stage with the template's roi."""
+    template = {m.name: m for m in load_templates()["cascade"].models}
+    base = plan.pipeline("multiclass").model("multiclass")
+    spec = plan.preprocessing["fullres"]
+    z, y, x = spec.target_spacing
+    low = dataclasses.replace(spec, target_spacing=(z, 2 * y, 2 * x))
+    coarse = dataclasses.replace(base, name="coarse", preprocessing="lowres", sampling=template["coarse"].sampling)
+    fine = dataclasses.replace(base, name="fine", sampling=template["fine"].sampling, roi=template["fine"].roi)
+    pipelines = tuple(dataclasses.replace(p, emitted=True, models=(coarse, fine)) if p.name == "cascade" else p
+                      for p in plan.pipelines)
+    return dataclasses.replace(plan, preprocessing={**plan.preprocessing, "lowres": low}, pipelines=pipelines)
+
+
+@pytest.fixture(scope="session")
+def emit_cascade() -> Callable[[Plan], Plan]:
+    """:func:`with_cascade`, for tests whose tiny phantoms are too small for the planner to emit a cascade."""
+    return with_cascade

@@ -7,7 +7,6 @@ planner to emit it): stage 1 on a grid twice as coarse in-plane, both stages fro
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 from liverseg.data.phantom import generate_dataset
 from liverseg.planning.plan_dataset import plan_dataset
 from liverseg.planning.plans import PLANS_FILE, Plan, save_plan
-from liverseg.planning.templates import load_templates
 from liverseg.preprocessing.run import preprocess_dataset
 from liverseg.training.run import train
 
@@ -48,22 +46,8 @@ class Trained:
             monkeypatch.setenv(f"LIVERSEG_{name}", str(path))
 
 
-def with_cascade(plan: Plan) -> Plan:
-    """The plan with its cascade emitted: a coarse stage twice as coarse in-plane, a fine stage with the template's roi."""
-    template = {m.name: m for m in load_templates()["cascade"].models}
-    base = plan.pipeline("multiclass").model("multiclass")
-    spec = plan.preprocessing["fullres"]
-    z, y, x = spec.target_spacing
-    low = dataclasses.replace(spec, target_spacing=(z, 2 * y, 2 * x))
-    coarse = dataclasses.replace(base, name="coarse", preprocessing="lowres", sampling=template["coarse"].sampling)
-    fine = dataclasses.replace(base, name="fine", sampling=template["fine"].sampling, roi=template["fine"].roi)
-    pipelines = tuple(dataclasses.replace(p, emitted=True, models=(coarse, fine)) if p.name == "cascade" else p
-                      for p in plan.pipelines)
-    return dataclasses.replace(plan, preprocessing={**plan.preprocessing, "lowres": low}, pipelines=pipelines)
-
-
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Trained:
+def trained(tmp_path_factory, emit_cascade) -> Trained:
     """Plan a 5-case tiny phantom, train every pipeline (folds in TRAINED) and generate held-out images."""
     root = tmp_path_factory.mktemp("predict_stores")
     stores = {name: root / name for name in ("raw", "preprocessed", "results")}
@@ -72,7 +56,7 @@ def trained(tmp_path_factory) -> Trained:
             path.mkdir()
             patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
         generate_dataset(stores["raw"] / DATASET, 5, size="tiny")
-        plan = with_cascade(plan_dataset(DATASET, num_workers=1, preset="fast", verify=False).plan)
+        plan = emit_cascade(plan_dataset(DATASET, num_workers=1, preset="fast", verify=False).plan)
         save_plan(plan, stores["preprocessed"] / DATASET / PLANS_FILE)
         preprocess_dataset(stores["raw"] / DATASET, [plan.preprocessing["lowres"]], stores["preprocessed"] / DATASET)
         for pipeline, folds in TRAINED.items():
