@@ -7,29 +7,13 @@ from dataclasses import replace
 
 import pytest
 
-from liverseg.data.phantom import generate_dataset
 from liverseg.errors import LiversegError
-from liverseg.planning.plan_dataset import plan_dataset
 from liverseg.planning.plans import RegionOfInterest, load_plan
 from liverseg.training import checkpoint as ckpt
 from liverseg.training.run import parse_fold, train, training_order
 
-DATASET = "Dataset903_RunPhantom"
+DATASET = "Dataset902_TrainerPhantom"  # planned once per session by the `planned` fixture (conftest.py)
 FAST = {"iterations_per_epoch": 1, "validation_iterations": 1, "num_workers": 0, "threads": 1, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """A planned and preprocessed tiny phantom (fast preset), shared by the module; tests must not change it."""
-    root = tmp_path_factory.mktemp("run_stores")
-    stores = {name: root / name for name in ("raw", "preprocessed")}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, path in stores.items():
-            path.mkdir()
-            patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
-        generate_dataset(stores["raw"] / DATASET, 4, size="tiny")
-        plan_dataset(DATASET, num_workers=1, preset="fast", verify=False)
-    return stores
 
 
 @pytest.fixture
@@ -49,12 +33,12 @@ def env(planned, tmp_path, monkeypatch):
 
 
 def test_results_folder_holds_the_plan_copy_log_and_training_files(env):
-    folders = train("RunPhantom", "multiclass", 0, epochs=1, **FAST)
+    folders = train("TrainerPhantom", "multiclass", 0, epochs=1, **FAST)
     folder = env["results"] / DATASET / "multiclass" / "multiclass" / "fold_0"
     assert folders == [folder]
     assert (folder / "plans.json").read_bytes() == (env["preprocessed"] / DATASET / "plans.json").read_bytes()
     log = (folder / "log.txt").read_text()
-    assert "epoch 0: train loss" in log and "validation phantom_" in log and "liverseg_train: dataset Dataset903" in log
+    assert "epoch 0: train loss" in log and "validation phantom_" in log and "liverseg_train: dataset Dataset902" in log
     assert {ckpt.LATEST, ckpt.BEST, "progress.png", "validation"} <= {p.name for p in folder.iterdir()}
 
 
@@ -70,7 +54,7 @@ def test_every_model_of_the_pipeline_trains_unless_one_is_asked_for(env):
 
 @pytest.mark.parametrize("pipeline, fold, model, message", [
     ("multi", 0, None, "has no pipeline 'multi'; pipelines you can train: multiclass, dual_binary"),
-    ("cascade", 0, None, "pipeline 'cascade' was not planned for Dataset903_RunPhantom (the median volume"),
+    ("cascade", 0, None, "pipeline 'cascade' was not planned for Dataset902_TrainerPhantom (the median volume"),
     ("dual_binary", 0, "tumor", "pipeline dual_binary has no model 'tumor'; models: liver, tumour"),
     ("multiclass", 9, None, "fold 9 does not exist"),
     ("multiclass", "first", None, "fold must be a number (0, 1, ...) or 'all'; got 'first'"),

@@ -12,32 +12,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from liverseg.data.phantom import generate_dataset
 from liverseg.data.splits import read_splits
 from liverseg.errors import LiversegError
 from liverseg.networks import build_network
-from liverseg.planning.plan_dataset import plan_dataset
 from liverseg.planning.plans import load_plan
 from liverseg.training import checkpoint as ckpt
 from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import RunState, build_parts, fold_cases, preprocessed_folder, save_checkpoints, train_model
 
-DATASET = "Dataset902_TrainerPhantom"
+DATASET = "Dataset902_TrainerPhantom"  # planned once per session by the `planned` fixture (conftest.py)
 _TIMING_KEYS = ("epoch_seconds", "data_wait")
-
-
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory):
-    """A planned and preprocessed tiny phantom (fast preset): raw and preprocessed stores, shared by the module."""
-    root = tmp_path_factory.mktemp("trainer_stores")
-    stores = {name: root / name for name in ("raw", "preprocessed")}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, path in stores.items():
-            path.mkdir()
-            patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
-        generate_dataset(stores["raw"] / DATASET, 4, size="tiny")
-        plan_dataset(DATASET, num_workers=1, preset="fast", verify=False)
-    return stores
 
 
 @pytest.fixture
