@@ -1,6 +1,9 @@
-"""What every command shares: logging set-up and turning user errors into a clear exit."""
+"""What every command shares: logging set-up, turning user errors into a clear exit, and the options
+that mean the same thing in every command (one flag per concept: ``-d/--dataset``, ``-np/--num-workers``,
+``-v/--verbose``, ...; tests/cli/test_consistency.py holds the table and checks every command)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Callable
@@ -29,3 +32,28 @@ def run_command(body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> argparse.Action:
+    """``-v/--verbose``: debug logging, the same in every command."""
+    return parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
+
+
+def add_num_workers(parser: argparse.ArgumentParser, default: int, help: str) -> argparse.Action:
+    """``-np/--num-workers`` with its old name ``--num-processes`` kept as a hidden alias.
+
+    ``help`` says what the workers do and should end with the default.
+    """
+    action = parser.add_argument("-np", "--num-workers", type=int, default=default, help=help)
+    add_hidden_alias(parser, "--num-processes", action)
+    return action
+
+
+def add_hidden_alias(parser: argparse.ArgumentParser, alias: str, action: argparse.Action) -> argparse.Action:
+    """Accept ``alias`` as an old name of ``action``'s option, not shown in ``--help``.
+
+    Renamed options keep working in existing scripts; the alias stores into the same destination
+    with the same type and choices.
+    """
+    return parser.add_argument(alias, dest=action.dest, type=action.type, choices=action.choices, nargs=action.nargs,
+                               metavar=action.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from liverseg.cli.common import run_command, setup_logging
+from liverseg.cli.common import add_verbose, run_command, setup_logging
 from liverseg.evaluation.statistics import compare_summaries, format_comparison, load_summary, write_comparison
 
 
@@ -19,15 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("summary_a", help="summary.json of pipeline A")
     parser.add_argument("summary_b", help="summary.json of pipeline B")
     parser.add_argument("--alpha", type=float, default=0.05,
-                        help="false discovery rate for significance, also the Shapiro-Wilk level (default 0.05)")
+                        help="false discovery rate for significance, also the Shapiro-Wilk level "
+                        "(default: %(default)s)")
     parser.add_argument("--two-sided", action="store_true",
                         help="report two-sided p-values instead of the one-sided p of the favoured side")
     parser.add_argument("--higher-is-better", nargs="+", default=[], metavar="METRIC",
-                        help="metrics to compare as higher-is-better that the name rules do not recognise")
+                        help="metrics to compare as higher-is-better that the name rules do not recognise "
+                        "(default: none)")
     parser.add_argument("--lower-is-better", nargs="+", default=[], metavar="METRIC",
-                        help="metrics to compare as lower-is-better that the name rules do not recognise")
-    parser.add_argument("-o", "--output", help="also write the full comparison as JSON here")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+                        help="metrics to compare as lower-is-better that the name rules do not recognise "
+                        "(default: none)")
+    parser.add_argument("-o", "--output", help="also write the full comparison as JSON here (default: print only)")
+    add_verbose(parser)
     return parser
 
 

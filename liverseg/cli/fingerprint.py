@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from liverseg.cli.common import run_command, setup_logging
+from liverseg.cli.common import add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.data.integrity import verify_dataset
 from liverseg.fingerprint.dataset import format_summary, write_fingerprint
 from liverseg.io.dataset import open_dataset
@@ -18,12 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bounding boxes and foreground intensities into $LIVERSEG_PREPROCESSED/<dataset>/fingerprint.json "
         "(+ fingerprint.png). Sizes are printed in (z, y, x) order.",
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
-    parser.add_argument("-np", "--num-workers", type=int, default=2, help="worker processes (default 2; 1 runs in this process)")
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501) (required)")
+    add_num_workers(parser, 2, "worker processes (default: %(default)s; 1 runs in this process)")
     checks = parser.add_mutually_exclusive_group()
     checks.add_argument("--verify-only", action="store_true", help="only run the integrity check and print its report")
     checks.add_argument("--skip-verify", action="store_true", help="do not run the integrity check first")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(parser)
     return parser
 
 

@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from liverseg.cli.common import run_command, setup_logging
+from liverseg.cli.common import add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.data.phantom import generate_dataset
 from liverseg.data.phantom_case import SIZES
 from liverseg.data.phantom_preview import write_preview
@@ -21,20 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
         "(nnU-Net v2 raw layout) to try the pipeline end to end without real data. A case depends only on "
         "the seed and its index. Prints the dataset folder.",
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset folder name, e.g. Phantom or Dataset900_Phantom")
-    parser.add_argument("-n", "--num-cases", type=int, default=20, help="number of cases (default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the set (default 0)")
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="dataset folder name, e.g. Phantom or Dataset900_Phantom (required)")
+    parser.add_argument("-n", "--num-cases", type=int, default=20, help="number of cases (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the set (default: %(default)s)")
     parser.add_argument("--size", choices=SIZES, default="full",
                         help="full: real scan sizes (256-512 in-plane, 40-100 slices, 350-450 mm field of view); "
                         "small (about 128x128x32) and tiny (about 48x48x16, for tests) shrink the patient to fit, "
-                        "at the same ATLAS spacings (default full)")
-    parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
-                        help="worker processes (default: number of CPUs, at most 4)")
+                        "at the same ATLAS spacings (default: %(default)s)")
+    add_num_workers(parser, min(4, os.cpu_count() or 1), "worker processes (default: number of CPUs, at most 4)")
     parser.add_argument("--preview", action="store_true",
                         help="also write <dataset>/preview.png, a montage of slices with label outlines")
     parser.add_argument("--output-dir", help="parent folder of the dataset (default: $LIVERSEG_RAW)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder's imagesTr, labelsTr, dataset.json and preview")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset folder's imagesTr, labelsTr, dataset.json and preview")
+    add_verbose(parser)
     return parser
 
 
@@ -46,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         name = args.dataset
         if not name or Path(name).name != name or name in (".", ".."):
-            raise LiversegError(f"dataset name '{name}' must be a plain folder name (no '/'); use --output-dir for the location")
+            raise LiversegError(f"dataset name '{name}' must be a plain folder name (no '/'); "
+                                "use --output-dir for the location")
         parent = Path(args.output_dir).expanduser() if args.output_dir else raw_root()
         root = generate_dataset(parent / name, args.num_cases, seed=args.seed, size=args.size,
-                                num_workers=args.num_processes, overwrite=args.overwrite)
+                                num_workers=args.num_workers, overwrite=args.overwrite)
         if args.preview:
             write_preview(root, root / "preview.png")
         print(root)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from liverseg.cli.common import run_command, setup_logging
+from liverseg.cli.common import add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.planning.plan_dataset import plan_dataset, preprocess_plan
 from liverseg.planning.report import format_plan
 
@@ -17,24 +17,26 @@ def build_parser() -> argparse.ArgumentParser:
         "every decision), make cross-validation folds (splits.json, kept once written) and preprocess every case, "
         "all into $LIVERSEG_PREPROCESSED/<dataset>/. Prints a summary of the plan; sizes are (z, y, x).",
     )
-    parser.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
-    parser.add_argument("-np", "--num-workers", type=int, default=2, help="worker processes (default 2; 1 runs in this process)")
-    parser.add_argument("--preset", default="default", help="planner preset from liverseg_configs/defaults.json: default, or fast "
-                        "(small network and patches for CPU runs)")
+    parser.add_argument("-d", "--dataset", required=True,
+                        help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501) (required)")
+    add_num_workers(parser, 2, "worker processes (default: %(default)s; 1 runs in this process)")
+    parser.add_argument("--preset", default="default", help="planner preset from liverseg_configs/defaults.json: "
+                        "default, or fast (small network and patches for CPU runs) (default: %(default)s)")
     parser.add_argument("--gpu-memory-gb", type=float, default=None, help="memory budget for training one model, in GB "
                         "(default: the preset's, 8 for default, 2 for fast); estimates assume mixed precision")
-    parser.add_argument("-p", "--overrides", default=None, help="JSON file shaped like plans.json with the values to change; "
-                        "merged into the plan and validated")
-    parser.add_argument("--percentile", type=float, default=95.0, help="percentile of the bounding boxes each patch must hold "
-                        "when memory allows (default 95)")
-    parser.add_argument("--templates", action="append", default=[], metavar="DIR", help="extra folder of pipeline templates "
-                        "(<pipeline>.json); may be repeated. $LIVERSEG_PREPROCESSED/templates is always read")
+    parser.add_argument("-p", "--overrides", default=None, help="JSON file shaped like plans.json with the values to "
+                        "change; merged into the plan and validated (default: none)")
+    parser.add_argument("--percentile", type=float, default=95.0, help="percentile of the bounding boxes each patch "
+                        "must hold when memory allows (default: %(default)g)")
+    parser.add_argument("--templates", action="append", default=[], metavar="DIR", help="extra folder of pipeline "
+                        "templates (<pipeline>.json); may be repeated. $LIVERSEG_PREPROCESSED/templates is always read "
+                        "(default: none)")
     steps = parser.add_mutually_exclusive_group()
     steps.add_argument("--no-preprocess", action="store_true", help="stop after writing plans.json and splits.json")
     steps.add_argument("--preprocess-only", action="store_true", help="only preprocess, with the existing (possibly "
                        "hand-edited) plans.json")
     parser.add_argument("--skip-verify", action="store_true", help="do not run the dataset integrity check first")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(parser)
     return parser
 
 

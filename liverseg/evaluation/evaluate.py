@@ -2,8 +2,9 @@
 
 For every matched case both files are read in canonical ``(z, y, x)`` layout, their grids are
 checked to agree, and the metrics of :func:`~liverseg.evaluation.metrics.evaluate_case` (plus the
-lesion detection metrics, when available) are computed, in parallel over cases. The result is a
-summary dictionary, optionally written as ``summary.json`` with a per-case CSV beside it.
+lesion detection metrics, when available, and the lesion uncertainty analysis when the predictions
+carry lesion reports) are computed, in parallel over cases. The result is a summary dictionary,
+optionally written as ``summary.json`` with a per-case CSV (and the uncertainty figure) beside it.
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from liverseg.errors import LiversegError
+from liverseg.evaluation.lesion_reports import case_uncertainty, report_path, summarise_uncertainty
 from liverseg.evaluation.matching import CaseFiles, match_cases
 from liverseg.evaluation.metrics import check_label, evaluate_case, rmse
 from liverseg.evaluation.profiles import MetricProfile, get_profile
 from liverseg.evaluation.raters import evaluate_case_raters, rater_names, summarise_raters
 from liverseg.evaluation.report import describe_metrics, json_ready, write_case_csv
+from liverseg.evaluation.uncertainty import STATUS_RULES
 from liverseg.io.atomic import write_json
 from liverseg.io.images import Geometry, read_image
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 LESION_MODULE = "liverseg.evaluation.lesions"
 SUMMARY_VERSION = 1
+LESION_CONNECTIVITIES = (6, 18, 26)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class _Settings:
     threads: int
     geometry_tolerance: float
     rater_names: tuple[str, ...]
+    lesion_threshold: float = 0.2
+    lesion_connectivity: int = 26
+    uncertainty_rule: str = "hit"
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,9 +65,12 @@ def lesion_module() -> ModuleType | None:
         return None
 
 
-def _lesion_function() -> Callable[[np.ndarray, np.ndarray, Sequence[float]], dict] | None:
+def _lesion_function(settings: _Settings) -> Callable[[np.ndarray, np.ndarray, Sequence[float]], dict] | None:
     module = lesion_module()
-    return None if module is None else module.lesion_detection
+    if module is None:
+        return None
+    return functools.partial(module.lesion_detection, threshold=settings.lesion_threshold,
+                             connectivity=settings.lesion_connectivity)
 
 
 def _lesion_aggregator() -> Callable[[list[dict]], dict]:
@@ -104,15 +114,18 @@ def evaluate_files(files: CaseFiles, settings: _Settings) -> dict[str, Any]:
             )
         references.append(reference)
     spacing = reference_geometry.spacing
-    lesion_metrics = _lesion_function() if settings.lesions else None
+    lesion_metrics = _lesion_function(settings) if settings.lesions else None
     row: dict[str, Any] = {"case": files.case, "prediction": str(files.prediction)}
     if len(references) == 1:
         row["reference"] = str(files.references[0])
         row.update(evaluate_case(references[0], prediction, spacing, settings.profile, settings.tolerance_mm,
                                  settings.threads))
         if lesion_metrics is not None:
-            # Hook for the lesion detection metrics (liverseg.evaluation.lesions), per case.
             row["lesions"] = lesion_metrics(references[0], prediction, spacing)
+            report = report_path(files.prediction, files.case)
+            if report.is_file():
+                row["lesion_uncertainty"] = case_uncertainty(report, references[0], prediction, spacing,
+                                                             row["lesions"], settings.uncertainty_rule)
     else:
         row["references"] = [str(p) for p in files.references]
         row.update(evaluate_case_raters(references, prediction, spacing, settings.rater_names, settings.profile,
@@ -151,14 +164,23 @@ def evaluate_folders(
     lesions: bool = True,
     csv_path: Path | str | None = None,
     geometry_tolerance: float = 1e-3,
+    lesion_threshold: float = 0.2,
+    lesion_connectivity: int = 26,
+    uncertainty_rule: str = "hit",
 ) -> dict[str, Any]:
     """Evaluate every prediction in ``prediction`` against its label in the ``reference`` folder(s).
 
     With several reference folders (raters) every metric is computed against each rater, averaged
     over raters and set beside the inter-rater agreement and φ (see :mod:`liverseg.evaluation.raters`).
-    ``lesions`` adds the lesion detection metrics when :mod:`liverseg.evaluation.lesions` exists.
-    When ``output`` is given, the summary is written there as JSON (NaN as null) and the per-case
-    table as CSV to ``csv_path`` (default: ``<output stem>_per_case.csv`` beside it).
+    ``lesions`` adds the lesion detection metrics when :mod:`liverseg.evaluation.lesions` exists:
+    lesions are ``lesion_connectivity``-connected components of the tumour label, and a
+    correspondence with Dice > ``lesion_threshold`` is a hit. With one reference folder and lesion
+    reports (``<case>.lesions.json``) beside the predictions, the reported lesions are labelled TP or
+    FP (``uncertainty_rule``: ``hit`` or ``overlap``) and their uncertainties analysed
+    (``lesion_uncertainty``; see :mod:`liverseg.evaluation.lesion_reports`).
+    When ``output`` is given, the summary is written there as JSON (NaN as null), the per-case
+    table as CSV to ``csv_path`` (default: ``<output stem>_per_case.csv`` beside it) and the
+    uncertainty figure to ``<output stem>_lesion_uncertainty.png``.
     Returns the summary (NaN as None); its ``per_case`` list holds the per-case values.
     """
     references = [reference] if isinstance(reference, (str, Path)) else list(reference)
@@ -167,14 +189,22 @@ def evaluate_folders(
         raise LiversegError(f"the Surface Dice tolerance must be a non-negative number of mm, got {tolerance_mm}")
     if num_workers < 1:
         raise LiversegError(f"the number of worker processes must be at least 1, got {num_workers}")
+    if not 0 <= lesion_threshold < 1:
+        raise LiversegError(f"the lesion hit threshold is a Dice in [0, 1), got {lesion_threshold}")
+    if lesion_connectivity not in LESION_CONNECTIVITIES:
+        raise LiversegError(f"lesion connectivity must be one of {LESION_CONNECTIVITIES}, got {lesion_connectivity}")
+    if uncertainty_rule not in STATUS_RULES:
+        raise LiversegError(f"the uncertainty status rule must be one of {STATUS_RULES}, got {uncertainty_rule!r}")
     cases = match_cases(references, prediction)
     names = tuple(rater_names(references)) if len(references) > 1 else ()
     use_lesions = lesions and lesion_module() is not None
     workers = min(num_workers, len(cases))
     settings = _Settings(profile, float(tolerance_mm), use_lesions, max(1, _available_cores() // workers),
-                         float(geometry_tolerance), names)
+                         float(geometry_tolerance), names, float(lesion_threshold), int(lesion_connectivity),
+                         uncertainty_rule)
     log.info("evaluating %d case(s) of %s against %s with profile %s", len(cases), prediction,
              ", ".join(str(r) for r in references), profile.name)
+    _explain_skipped_reports(cases, use_lesions, len(references))
     rows = list(_run([(case, settings) for case in cases], workers))
     summary: dict[str, Any] = {
         "liverseg_evaluation": SUMMARY_VERSION,
@@ -184,6 +214,8 @@ def evaluate_folders(
         "prediction": str(prediction),
         "num_cases": len(rows),
     }
+    if use_lesions:
+        summary.update(lesion_threshold=float(lesion_threshold), lesion_connectivity=int(lesion_connectivity))
     if names:
         aggregate = _lesion_aggregator() if use_lesions else None
         summary.update(summarise_raters(rows, names, aggregate))
@@ -193,6 +225,10 @@ def evaluate_folders(
                                             [r["tumor_burden_prediction"] for r in rows])
         if use_lesions:
             summary["lesions"] = _lesion_aggregator()([r["lesions"] for r in rows])
+            plot = None if output is None else Path(output).with_name(f"{Path(output).stem}_lesion_uncertainty.png")
+            section = summarise_uncertainty(rows, uncertainty_rule, lesion_threshold, plot, prediction)
+            if section is not None:
+                summary["lesion_uncertainty"] = section
     summary["per_case"] = rows
     summary = json_ready(summary)
     if output is not None:
@@ -202,3 +238,12 @@ def evaluate_folders(
         write_case_csv(csv_path, rows)
         log.info("wrote %s and %s", output, csv_path)
     return summary
+
+
+def _explain_skipped_reports(cases: Sequence[CaseFiles], use_lesions: bool, num_references: int) -> None:
+    """One info line when lesion reports are present but the uncertainty analysis cannot use them."""
+    if use_lesions and num_references == 1:
+        return
+    if any(report_path(c.prediction, c.case).is_file() for c in cases):
+        reason = "with several reference folders" if use_lesions else "without the lesion metrics (--no-lesions)"
+        log.info("the predictions carry lesion reports, but the lesion uncertainty analysis is not made %s", reason)

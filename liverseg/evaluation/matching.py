@@ -3,7 +3,9 @@
 Names are compared after removing the file ending and an nnU-Net channel suffix (``_0000``), and
 ATLAS 2023's naming is understood: prediction ``im<N>`` belongs to label ``lb<N>`` (leading zeros
 ignored). Every prediction must find its reference; references without a prediction are reported and
-left out, because a prediction folder often holds one cross-validation fold only.
+left out, because a prediction folder often holds one cross-validation fold only. The lesion maps
+that ``liverseg_predict --lesion-maps`` writes beside the label maps (``<case>_lesions.nii.gz``)
+are not predictions and are skipped.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_\d{4}$")
 _ATLAS = re.compile(r"^(?:im|lb)(?P<number>\d+)$")
+LESION_MAP_SUFFIX = "_lesions"
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def match_cases(references: str | Path | Sequence[str | Path], prediction: str |
     prediction_dir = Path(prediction)
     if not prediction_dir.is_dir():
         raise LiversegError(f"{prediction_dir}: prediction folder not found")
-    predictions = files_by_key(prediction_dir, "prediction")
+    predictions = _without_lesion_maps(files_by_key(prediction_dir, "prediction"))
     if not predictions:
         raise LiversegError(f"{prediction_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) to evaluate")
     per_rater = []
@@ -109,6 +112,16 @@ def match_cases(references: str | Path | Sequence[str | Path], prediction: str |
         CaseFiles(case=case_name(path), references=tuple(labels[key] for labels in per_rater), prediction=path)
         for key, path in sorted(predictions.items(), key=lambda item: _natural(case_name(item[1])))
     ]
+
+
+def _without_lesion_maps(predictions: dict[str, Path]) -> dict[str, Path]:
+    """The predictions minus the lesion instance maps ``<case>_lesions.*`` of cases that are present."""
+    names = {case_name(path) for path in predictions.values()}
+    maps = {key for key, path in predictions.items()
+            if case_name(path).endswith(LESION_MAP_SUFFIX) and case_name(path)[: -len(LESION_MAP_SUFFIX)] in names}
+    if maps:
+        log.info("skipping %d lesion map(s) (<case>%s.*) beside the label maps", len(maps), LESION_MAP_SUFFIX)
+    return {key: path for key, path in predictions.items() if key not in maps}
 
 
 def _natural(name: str) -> list[object]:

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from liverseg.evaluation.lesion_reports import uncertainty_table
 from liverseg.evaluation.metrics import SEGMENTATION_METRICS, STRUCTURES
 from liverseg.io.atomic import atomic_output
 
@@ -180,12 +181,15 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
 
     One value column for one reference folder; with several raters one column per rater, the mean
     over raters, the inter-rater agreement and the uncertainty-aware score φ. The ``atlas`` profile
-    adds a column in the challenge's units (Dice, Surface Dice and RMSE x100).
+    adds a column in the challenge's units (Dice, Surface Dice and RMSE x100). The lesion
+    uncertainty analysis, when made, follows as a short table of its own.
     """
     tolerance = float(summary["tolerance_mm"])
     profile = summary["profile"]
     lines = [f"liverseg evaluation: {summary['num_cases']} case(s), profile `{profile['name']}`, "
-             f"Surface Dice tolerance {tolerance:g} mm", ""]
+             f"Surface Dice tolerance {tolerance:g} mm"
+             + (f"; lesions: {summary['lesion_connectivity']}-connected, hit when Dice > {summary['lesion_threshold']:g}"
+                if "lesion_threshold" in summary else ""), ""]
     if "raters" not in summary:
         title = Path(str(summary["prediction"])).name or "prediction"
         columns = [(summary["metrics"], summary.get("tumor_burden_rmse"))]
@@ -212,4 +216,6 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
         lesions = [per_rater[r].get("lesions") for r in raters] + [None, summary["inter_rater"].get("lesions")]
         lines += _table(header, rows + _lesion_rows(lesions))
     lines += ["", f"Definitions: {profile.get('description') or profile['name']}"]
+    if summary.get("lesion_uncertainty"):
+        lines += [""] + uncertainty_table(summary["lesion_uncertainty"])
     return "\n".join(lines)

@@ -11,7 +11,9 @@ the number of pairs is reported. Nested dictionaries in a case row are flattened
 (``{"lesions": {"f1": x}}`` is the metric ``lesions/f1``, as in the per-case CSV); lists and strings
 are ignored, and so are the ``per_rater`` and ``inter_rater`` parts of a several-rater evaluation
 (the inter-rater values do not depend on the pipeline; the row's own values are the means over
-raters, and φ).
+raters, and φ), and so is the per-lesion ``lesion_uncertainty`` entry. Two summaries made with
+different metric definitions (profile, tolerance, lesion threshold or connectivity) are compared
+with a warning, since their numbers do not measure the same thing.
 
 Per metric, with d = A − B oriented so that d > 0 means A is better (higher Dice, lower HD, ...):
 
@@ -48,8 +50,10 @@ HIGHER_IS_BETTER = frozenset({"dice", "f1", "recall", "precision", "sensitivity"
 LOWER_IS_BETTER = frozenset({"hd", "hd95", "hausdorff", "assd", "asd", "masd", "rmse", "mae", "error",
                              "errors", "fp", "distance"})
 #: Parts of a case row that are not results of the compared pipeline alone.
-IGNORED_KEYS = frozenset({"case", "per_rater", "inter_rater"})
+IGNORED_KEYS = frozenset({"case", "per_rater", "inter_rater", "lesion_uncertainty"})
 MIN_PAIRS = 3  # Shapiro–Wilk needs three values
+#: Summary entries that define what the metrics mean; they should agree between compared summaries.
+SETTINGS_KEYS = ("profile", "tolerance_mm", "lesion_threshold", "lesion_connectivity")
 
 
 def metric_direction(name: str) -> str | None:
@@ -176,6 +180,7 @@ def compare_summaries(summary_a: dict[str, Any], summary_b: dict[str, Any], alph
     if not common:
         raise LiversegError(f"{sources[0]} and {sources[1]} share no case names; "
                             "compare evaluations of the same cases")
+    _warn_on_different_settings(summary_a, summary_b, sources)
     only_a = sorted(set(table_a) - set(table_b))
     only_b = sorted(set(table_b) - set(table_a))
     if only_a or only_b:
@@ -204,6 +209,19 @@ def compare_summaries(summary_a: dict[str, Any], summary_b: dict[str, Any], alph
     return {"alpha": alpha, "normality_alpha": normality_alpha, "two_sided": two_sided,
             "n_cases": len(common), "only_in_a": only_a, "only_in_b": only_b,
             "rows": rows, "skipped": skipped}
+
+
+def _warn_on_different_settings(summary_a: dict[str, Any], summary_b: dict[str, Any],
+                                sources: tuple[str, str]) -> None:
+    for key in SETTINGS_KEYS:
+        if summary_a.get(key) != summary_b.get(key):
+            log.warning("%s and %s were evaluated with different %s (%s vs %s): their metrics are not defined the same "
+                        "way; evaluate both with the same options", sources[0], sources[1], key,
+                        _setting_text(summary_a.get(key)), _setting_text(summary_b.get(key)))
+
+
+def _setting_text(value: Any) -> str:
+    return str(value.get("name", value)) if isinstance(value, dict) else str(value)
 
 
 def _json_ready(obj: Any) -> Any:

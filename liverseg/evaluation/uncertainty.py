@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from scipy import stats
 
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import atomic_output
@@ -33,27 +31,40 @@ STATUS_RULES = ("overlap", "hit")
 
 
 def lesion_status(report: Sequence[dict[str, Any]], detection: dict[str, Any], rule: str = "overlap",
-                  source: str = "lesion report") -> list[dict[str, Any]]:
+                  source: str = "lesion report", complete: bool = True) -> list[dict[str, Any]]:
     """Copies of the report rows with ``status`` 'TP' or 'FP' added.
 
     ``rule='overlap'`` (the ATLAS paper's): TP when the lesion overlaps the reference tumour at all.
     ``rule='hit'`` (Chlebus et al.): TP when the lesion belongs to a correspondence with Dice > θ.
     The report must describe the prediction that ``detection`` was computed from: every id must
-    exist there with the same volume, else the numbering differs and the labels would be wrong.
+    exist there with the same volume, else the numbering differs and the labels would be wrong;
+    with ``complete`` it must also list every predicted lesion once, so none is silently left out.
     """
     if rule not in STATUS_RULES:
         raise LiversegError(f"rule must be one of {STATUS_RULES}, got {rule!r}")
     predicted = {les["id"]: les for les in detection["lesions"] if les["source"] == "predicted"}
-    rows = []
+    rows, seen = [], set()
     for row in report:
         _check_row(row, source)
-        found = predicted.get(int(row.get("component_id", row["id"])))
+        component = int(row.get("component_id", row["id"]))
+        found = predicted.get(component)
         if found is None or not math.isclose(found["volume_ml"], float(row["volume_ml"]), rel_tol=1e-3):
             raise LiversegError(
                 f"{source}: lesion id {row['id']} ({row['volume_ml']} ml) is not a lesion of the evaluated "
                 "prediction; make the report from the same label map with the same connectivity")
+        if component in seen:
+            raise LiversegError(f"{source}: lesion id {row['id']} is listed twice; make the report again from its "
+                                "label map")
+        seen.add(component)
         tp = found["overlaps"] if rule == "overlap" else found["status"] == "TP"
         rows.append({**row, "status": "TP" if tp else "FP"})
+    missing = sorted(set(predicted) - seen)
+    if complete and missing:
+        volumes = ", ".join(f"{predicted[i]['volume_ml']:.4g}" for i in missing[:5])
+        raise LiversegError(
+            f"{source}: the evaluated prediction has {len(predicted)} lesion(s), the report lists {len(seen)}; "
+            f"missing: {len(missing)} lesion(s) of {volumes}{' ...' if len(missing) > 5 else ''} ml. The report "
+            "belongs to another label map: make it again from this one (liverseg_predict writes both together)")
     return rows
 
 
@@ -71,6 +82,8 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     The Pearson correlation of the average ranks (ties share their mean rank); NaN for fewer than
     three values or a constant variable.
     """
+    from scipy import stats  # here, not at the top: evaluation workers import this module but never call it
+
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     n = len(rx)
     if n < 3 or np.ptp(rx) == 0 or np.ptp(ry) == 0:
@@ -96,6 +109,8 @@ def uncertainty_analysis(lesions: Sequence[dict[str, Any]]) -> dict[str, Any]:
     a random FP lesion is more uncertain than a random TP lesion (ties count half; 0.5 = no
     separation) with the one-sided Mann–Whitney p, and Spearman's ρ of uncertainty vs volume.
     """
+    from scipy import stats
+
     unc = np.array([float(les["uncertainty"]) for les in lesions])
     vol = np.array([float(les["volume_ml"]) for les in lesions])
     is_fp = np.array([les["status"] == "FP" for les in lesions], dtype=bool)
@@ -115,6 +130,9 @@ def uncertainty_analysis(lesions: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def plot_uncertainty(lesions: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Write the PNG of Lambert et al. Fig. 4: uncertainty histograms of TP and FP lesions (left) and
     uncertainty against lesion volume on a log scale (right), with Spearman's ρ."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
     analysis = uncertainty_analysis(lesions)
     unc = np.array([float(les["uncertainty"]) for les in lesions])
     vol = np.array([float(les["volume_ml"]) for les in lesions])
@@ -128,9 +146,13 @@ def plot_uncertainty(lesions: Sequence[dict[str, Any]], path: str | Path, title:
         scatter.scatter(vol[mask], unc[mask], s=14, alpha=0.7, color=colour, label=name)
     hist.set_xlabel("lesion uncertainty")
     hist.set_ylabel("lesions")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend()
     hist.set_title(f"TP vs FP, AUC(FP > TP) = {analysis['auc_fp_vs_tp']:.2f}")
     scatter.set_xscale("log")
+    scatter.xaxis.set_minor_formatter(NullFormatter())  # crowded labels between decades
+    margin = 0.02 * (high - low)
+    scatter.set_ylim(low - margin, high + margin)
     scatter.set_xlabel("lesion volume (ml)")
     scatter.set_ylabel("lesion uncertainty")
     scatter.set_title(f"Spearman ρ = {analysis['spearman_rho_volume']:.2f}")

@@ -161,3 +161,59 @@ def test_lesion_metrics_are_added_per_case_and_pooled(folders):
     assert summary["lesions"]["pooled"]["tp"] == 2
     assert "Lesions" in markdown_table(summary)
     assert "lesions" not in evaluate_folders(ref, pred, lesions=False)
+
+
+@pytest.fixture
+def lesion_case(tmp_path):
+    """One case, two reference lesions. A (2 x 2 x 4 = 16 voxels) is predicted exactly, plus one voxel B
+    touching A's corner voxel (3, 4, 7) only diagonally: one lesion of 17 voxels when 26-connected, A
+    and a separate one-voxel FP when 6-connected. R (2 x 2 x 10 = 40) is predicted shifted by 6
+    columns: overlap 2 x 2 x 4 = 16, Dice 32 / 80 = 0.4."""
+    ref, pred = tmp_path / "labels", tmp_path / "preds"
+    reference, prediction = _liver(), _liver()
+    reference[2:4, 3:5, 4:8] = 2
+    prediction[2:4, 3:5, 4:8] = 2
+    prediction[4, 5, 8] = 2
+    reference[2:4, 15:17, 6:16] = 2
+    prediction[2:4, 15:17, 12:22] = 2
+    _write(ref / "c.nii.gz", reference)
+    _write(pred / "c.nii.gz", prediction)
+    return ref, pred
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], dict(n_predicted=2, tp=2, fp=0, fn=0)),
+    (["--lesion-connectivity", "6"], dict(n_predicted=3, tp=2, fp=1, fn=0)),        # B is its own lesion
+    (["--lesion-threshold", "0.5"], dict(n_predicted=2, tp=1, fp=1, fn=1)),         # Dice 0.4 is no hit
+    (["--lesion-threshold", "0.39", "--lesion-connectivity", "6"], dict(n_predicted=3, tp=2, fp=1, fn=0)),
+])
+def test_lesion_threshold_and_connectivity_reach_the_lesion_metrics(lesion_case, tmp_path, options, expected, capsys):
+    ref, pred = lesion_case
+    out = tmp_path / "summary.json"
+    assert main(["-r", str(ref), "-p", str(pred), "-o", str(out), "-np", "1", *options]) == 0
+    saved = _strict_json(out)
+    case = saved["per_case"][0]["lesions"]
+    assert {k: case[k] for k in expected} == expected
+    threshold = float(options[options.index("--lesion-threshold") + 1]) if "--lesion-threshold" in options else 0.2
+    connectivity = int(options[options.index("--lesion-connectivity") + 1]) if "--lesion-connectivity" in options else 26
+    assert (saved["lesion_threshold"], saved["lesion_connectivity"]) == (threshold, connectivity)
+    assert (case["threshold"], case["connectivity"]) == (threshold, connectivity)
+    assert f"{connectivity}-connected, hit when Dice > {threshold:g}" in capsys.readouterr().out
+
+
+def test_bad_lesion_settings_are_refused(lesion_case, capsys):
+    ref, pred = lesion_case
+    with pytest.raises(LiversegError, match="threshold"):
+        evaluate_folders(ref, pred, lesion_threshold=1.5)
+    with pytest.raises(LiversegError, match="connectivity"):
+        evaluate_folders(ref, pred, lesion_connectivity=8)
+    with pytest.raises(SystemExit):
+        main(["-r", str(ref), "-p", str(pred), "--lesion-connectivity", "8"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_old_flag_name_still_works(folders, tmp_path):
+    ref, pred = folders
+    assert main(["-r", str(ref), "-p", str(pred), "-o", str(tmp_path / "s.json"), "--num-processes", "1",
+                 "--no-lesions"]) == 0
+    assert _strict_json(tmp_path / "s.json")["num_cases"] == 3

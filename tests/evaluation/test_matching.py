@@ -91,3 +91,12 @@ def test_several_raters_need_every_case(tmp_path):
     (r2 / "b.nrrd").unlink()
     with pytest.raises(LiversegError, match="r2.*b.nii.gz"):
         match_cases([r1, r2], preds)
+
+
+def test_lesion_maps_beside_the_label_maps_are_not_predictions(tmp_path):
+    refs = _touch(tmp_path / "labels", "lb1.nii.gz", "liver_2.nii.gz", "scan_lesions.nii.gz")
+    preds = _touch(tmp_path / "preds", "im1.nii.gz", "im1_lesions.nii.gz", "im1.lesions.json",
+                   "liver_2.nii.gz", "liver_2_lesions.nii.gz", "scan_lesions.nii.gz")
+    cases = match_cases(refs, preds)
+    # scan_lesions has no scan.nii.gz beside it: it is a case of its own.
+    assert [c.prediction.name for c in cases] == ["im1.nii.gz", "liver_2.nii.gz", "scan_lesions.nii.gz"]

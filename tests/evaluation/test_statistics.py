@@ -6,6 +6,7 @@ signed-rank distribution) or from a different implementation (scipy's false_disc
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -184,3 +185,19 @@ def test_console_script_runs(tmp_path):
     done = subprocess.run([str(script), str(a), str(b), "--two-sided"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "two-sided" in done.stdout and "| liver_dice |" in done.stdout
+
+
+def test_compare_warns_when_the_metrics_were_defined_differently(caplog):
+    values = {"liver_dice": list(np.linspace(0.5, 0.9, N))}
+    a, b = summary(values), summary(values)
+    a.update(profile={"name": "atlas"}, lesion_threshold=0.2)
+    b.update(profile={"name": "atlas"}, lesion_threshold=0.5)
+    with caplog.at_level(logging.WARNING, logger="liverseg.evaluation"):
+        compare_summaries(a, b, sources=("a.json", "b.json"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "lesion_threshold (0.2 vs 0.5)" in warnings[0]
+    caplog.clear()
+    b["lesion_threshold"] = 0.2
+    with caplog.at_level(logging.WARNING, logger="liverseg.evaluation"):
+        compare_summaries(a, b)
+    assert not caplog.records

@@ -112,3 +112,14 @@ def test_lesion_report_rows_are_found_by_component_id():
     detection = lesion_detection(reference, predicted, (1.0, 1.0, 1.0))
     status = {row["id"]: row["status"] for row in lesion_status(report, detection)}
     assert status == {1: "FP", 2: "TP"}
+
+
+def test_status_rejects_an_incomplete_report_or_a_lesion_listed_twice():
+    ref, pred = constructed_case()
+    detection = lesion_detection(ref, pred, SPACING)
+    report = report_for(pred, [0.1, 0.4, 0.8])
+    with pytest.raises(LiversegError, match=r"has 3 lesion\(s\), the report lists 2; missing: 1 lesion\(s\) of 0.04 ml"):
+        lesion_status(report[:2], detection, source="c1.lesions.json")
+    assert len(lesion_status(report[:2], detection, complete=False)) == 2
+    with pytest.raises(LiversegError, match="listed twice"):
+        lesion_status([report[0], report[0], report[1], report[2]], detection)
