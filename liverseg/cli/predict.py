@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         "lesion report per case (<case>.lesions.json) and lesions.csv/cases.csv for the run. Input: a folder of "
         "images (<case>_0000.nii.gz per channel, or <case>.nii.gz), an image file, or a DICOM series folder. "
         "Models: -d/-c/-f or -m; with neither, the best configuration of the only trained dataset "
-        "(inference.json, else the plan's recommended pipeline with every trained fold). See docs/prediction.md.",
+        "(inference.json from liverseg_find_best, else the plan's recommended pipeline with every trained fold); "
+        "-c a b predicts with an ensemble of pipelines. See docs/prediction.md.",
     )
     parser.add_argument("-i", "--input", required=True, help="folder of images, one image file, or a DICOM series folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
@@ -27,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("-d", "--dataset", default=None, help="dataset name, folder name or id under $LIVERSEG_RESULTS")
     models.add_argument("-m", "--model-folder", default=None, help="a results folder instead of -d: <Dataset>, "
                         "<Dataset>/<pipeline>, <Dataset>/<pipeline>/<model> (that model alone) or a fold folder")
-    models.add_argument("-c", "--pipeline", default=None, help="pipeline (multiclass, dual_binary, cascade, ...); default: "
-                        "inference.json's, else the plan's recommended one")
+    models.add_argument("-c", "--pipeline", nargs="+", default=None, help="pipeline (multiclass, dual_binary, cascade, "
+                        "...), or several: an ensemble averaging their label probabilities; default: inference.json's "
+                        "(written by liverseg_find_best), else the plan's recommended one")
     models.add_argument("-f", "--folds", nargs="+", default=None, help="folds to ensemble (e.g. 0 1 2 3 4, or all); "
                         "default: every fold trained for each model")
     models.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default=None, help="best (default: checkpoint_best.pt, "
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         configure_threads(args.threads)
         predictor = Predictor.from_folder(
-            Path(args.model_folder) if args.model_folder is not None else args.dataset, args.pipeline, args.folds,
+            Path(args.model_folder) if args.model_folder is not None else args.dataset, _pipeline(args.pipeline), args.folds,
             args.checkpoint, device=args.device, tta=args.tta, step=args.step, batch_windows=args.batch_windows,
             use_bf16=False if args.fp32 else "auto", postprocessing=args.postprocessing, progress=args.verbose)
         summary = predict_folder(args.input, args.output, predictor, num_workers=args.num_workers,
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command(body)
+
+
+def _pipeline(names: list[str] | None) -> str | list[str] | None:
+    """One name as a name, several as an ensemble."""
+    return names[0] if names is not None and len(names) == 1 else names
 
 
 if __name__ == "__main__":

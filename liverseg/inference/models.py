@@ -19,14 +19,11 @@ What to load (:func:`load_pipeline`):
   best one was written) or ``latest`` (the weights at the end of training, the ones the training's
   ``validation/summary.json`` scores).
 
-The ``inference.json`` contract (written by model selection, e.g. ``liverseg_find_best``, through
-:func:`write_inference_config`)::
-
-    {"pipeline": "dual_binary", "folds": [0, 1, 2, 3, 4],
-     "postprocessing": ["largest_liver_component_fill_holes", ...], "checkpoint": "best"}
-
-``pipeline`` and ``folds`` are required, ``postprocessing`` (a step list, as
-``--postprocessing FILE`` takes) and ``checkpoint`` are optional.
+The ``inference.json`` contract (:mod:`liverseg.inference.config`, written by model selection,
+``liverseg_find_best``) names a pipeline or, as a list of two or more, an **ensemble of pipelines**
+(:class:`LoadedEnsemble`), each member with the same ``folds`` and ``checkpoint``, whose label
+probabilities the predictor averages before the argmax. Asking :func:`load_pipeline` for a list
+of pipelines loads an ensemble as well.
 """
 from __future__ import annotations
 
@@ -39,7 +36,8 @@ from typing import Any, Sequence
 from torch import nn
 
 from liverseg.errors import LiversegError
-from liverseg.io.atomic import read_json, write_json
+from liverseg.inference.config import (CHECKPOINT_CHOICES, INFERENCE_FILE, check_checkpoint, pipeline_names,
+                                       read_inference_config, write_inference_config)
 from liverseg.networks import build_network
 from liverseg.paths import ENV_RESULTS, results_root
 from liverseg.planning.plans import PLANS_FILE, ModelPlan, PipelineSpec, Plan, load_plan
@@ -50,8 +48,12 @@ from liverseg.training.run import parse_fold, training_order
 
 log = logging.getLogger(__name__)
 
-INFERENCE_FILE = "inference.json"
-CHECKPOINT_CHOICES = ("best", "latest")
+# The inference.json names stay importable from here, where prediction code has always found them.
+__all__ = ["CHECKPOINT_CHOICES", "FOLD_PREFIX", "INFERENCE_FILE", "Fold", "Loaded", "LoadedEnsemble", "LoadedModel",
+           "LoadedPipeline", "describe_trained", "ensemble_steps", "folds_with_checkpoint", "load_pipeline",
+           "read_inference_config", "results_dataset", "trained_datasets", "trained_pipeline_folds",
+           "write_inference_config"]
+
 FOLD_PREFIX = "fold_"
 _NNUNET_NAME = re.compile(r"^Dataset(\d{3})_(.+)$")
 
@@ -104,6 +106,21 @@ class LoadedPipeline:
                 return model
         raise LiversegError(f"pipeline {self.pipeline.name} has no loaded model {name!r}")
 
+    @property
+    def name(self) -> str:
+        """The pipeline's name (what ``-c`` and inference.json call it)."""
+        return self.pipeline.name
+
+    @property
+    def members(self) -> list["LoadedPipeline"]:
+        """The pipelines whose outputs are averaged: this one alone (see :class:`LoadedEnsemble`)."""
+        return [self]
+
+    @property
+    def plan_steps(self) -> list[dict[str, Any]]:
+        """The plan's post-processing steps for this pipeline (what ``--postprocessing plan`` runs)."""
+        return normalise_steps(list(self.pipeline.postprocessing), "the plan's post-processing")
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready record of what was loaded (for the settings file of a prediction run)."""
         return {
@@ -114,58 +131,118 @@ class LoadedPipeline:
         }
 
 
-def write_inference_config(dataset_dir: str | Path, pipeline: str, folds: Sequence[Fold],
-                           postprocessing: Sequence[str | dict[str, Any]] | None = None,
-                           checkpoint: str | None = None) -> Path:
-    """Write ``<dataset_dir>/inference.json``: the configuration prediction uses when none is asked for."""
-    content: dict[str, Any] = {"pipeline": pipeline, "folds": [parse_fold(f) for f in folds]}
-    if postprocessing is not None:
-        content["postprocessing"] = normalise_steps(list(postprocessing), "inference.json postprocessing")
-    if checkpoint is not None:
-        content["checkpoint"] = _check_checkpoint(checkpoint)
-    path = Path(dataset_dir) / INFERENCE_FILE
-    write_json(path, content)
-    return path
+@dataclass
+class LoadedEnsemble:
+    """An ensemble of two or more trained pipelines of one dataset: their label probabilities are averaged.
+
+    Each member is a complete :class:`LoadedPipeline` (its own combine rule: a cascade stays a
+    cascade, dual_binary merges its two models); the predictor averages the members' label
+    probabilities, takes the argmax, and then runs ``postprocessing`` once on the result.
+    """
+
+    dataset: str
+    members: list[LoadedPipeline]
+    source: Path
+    postprocessing: list[dict[str, Any]] = field(default_factory=list)
+    postprocessing_source: str = "plan"
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.members]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise LiversegError(f"an ensemble needs two or more different pipelines; got {', '.join(names) or 'none'}")
+        first = self.members[0].plan
+        for member in self.members[1:]:
+            if member.plan.channel_names != first.channel_names or member.plan.labels != first.labels:
+                raise LiversegError(f"pipelines {names[0]} and {member.name} of {self.dataset} were trained on different "
+                                    f"channels or labels ({first.channel_names}, {first.labels} vs "
+                                    f"{member.plan.channel_names}, {member.plan.labels}); they cannot be ensembled")
+
+    @property
+    def name(self) -> str:
+        """The members' names joined by ``+`` (``multiclass+dual_binary``)."""
+        return "+".join(m.name for m in self.members)
+
+    @property
+    def plan(self) -> Plan:
+        """The first member's plan (every member has the same channels and labels)."""
+        return self.members[0].plan
+
+    @property
+    def num_channels(self) -> int:
+        """Input channels the models expect."""
+        return len(self.plan.channel_names)
+
+    @property
+    def folds(self) -> list[Fold]:
+        """Every fold any member uses."""
+        return sorted({f for m in self.members for f in m.folds}, key=_fold_key)
+
+    @property
+    def plan_steps(self) -> list[dict[str, Any]]:
+        """The members' plan steps combined (:func:`ensemble_steps`)."""
+        return ensemble_steps([m.plan_steps for m in self.members])
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of what was loaded (for the settings file of a prediction run)."""
+        return {"dataset": self.dataset, "pipeline": [m.name for m in self.members], "folds": self.folds,
+                "source": str(self.source), "members": [m.describe() for m in self.members],
+                "postprocessing_source": self.postprocessing_source}
 
 
-def read_inference_config(path: str | Path) -> dict[str, Any]:
-    """Read and check an inference.json (see the module docstring); a LiversegError names the file."""
-    path = Path(path)
-    try:
-        content = read_json(path)
-    except (OSError, ValueError) as e:
-        raise LiversegError(f"{path}: cannot be read as JSON ({e}); fix or delete it") from None
-    if not isinstance(content, dict) or not isinstance(content.get("pipeline"), str) or \
-            not isinstance(content.get("folds"), list) or not content["folds"]:
-        raise LiversegError(f"{path}: expected {{\"pipeline\": NAME, \"folds\": [0, 1, ...]}} with optional "
-                            "\"postprocessing\" and \"checkpoint\"; fix or delete it")
-    unknown = sorted(set(content) - {"pipeline", "folds", "postprocessing", "checkpoint"})
-    if unknown:
-        raise LiversegError(f"{path}: unknown key(s) {', '.join(unknown)}; "
-                            "known: pipeline, folds, postprocessing, checkpoint")
-    try:
-        config = {"pipeline": content["pipeline"], "folds": [parse_fold(f) for f in content["folds"]]}
-        if "postprocessing" in content:
-            config["postprocessing"] = normalise_steps(content["postprocessing"], f"{path} postprocessing")
-        if "checkpoint" in content:
-            config["checkpoint"] = _check_checkpoint(content["checkpoint"])
-    except LiversegError as e:
-        raise LiversegError(f"{path}: {e}") from None
-    return config
+Loaded = LoadedPipeline | LoadedEnsemble
 
 
-def load_pipeline(source: str | Path | None = None, pipeline: str | None = None, folds: Sequence[Fold] | None = None,
-                  checkpoint: str | None = None) -> LoadedPipeline:
-    """Find the trained models the arguments select (module docstring) and load them on the CPU."""
-    dataset_dir, pipeline, model_name, folds = _locate(source, pipeline, folds)
+def ensemble_steps(step_lists: Sequence[Sequence[str | dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The post-processing of an ensemble when none is chosen: the first member's steps, then any step
+    of a later member whose name is not in the list yet (a name already there keeps the first
+    member's parameters and position). With the built-in templates, all members list the ATLAS
+    paper's three steps, and so does the ensemble."""
+    steps: list[dict[str, Any]] = []
+    for step_list in step_lists:
+        for step in normalise_steps(list(step_list), "the plan's post-processing"):
+            if step["name"] not in {s["name"] for s in steps}:
+                steps.append(step)
+    return steps
+
+
+def load_pipeline(source: str | Path | None = None, pipeline: str | Sequence[str] | None = None,
+                  folds: Sequence[Fold] | None = None, checkpoint: str | None = None) -> Loaded:
+    """Find the trained models the arguments select (module docstring) and load them on the CPU.
+
+    ``pipeline`` may be a list of two or more pipelines (or inference.json may name one): then
+    a :class:`LoadedEnsemble` of those pipelines comes back, each with ``folds`` and ``checkpoint``.
+    """
+    names = pipeline_names(pipeline, "pipeline")
+    dataset_dir, chosen, model_name, folds = _locate(source, names[0] if names and len(names) == 1 else None, folds)
+    if names and len(names) > 1 and (chosen is not None or model_name is not None):
+        raise LiversegError(f"{source}: an ensemble of pipelines ({', '.join(names)}) is loaded from a dataset (-d NAME) "
+                            "or a dataset's results folder, not from a pipeline's, model's or fold's folder")
+    names = names if names and len(names) > 1 else None if chosen is None else [chosen]
     config_path = dataset_dir / INFERENCE_FILE
-    config = read_inference_config(config_path) if pipeline is None and config_path.is_file() else None
+    config = read_inference_config(config_path) if names is None and config_path.is_file() else None
     if config is not None:
-        pipeline = config["pipeline"]
+        names = pipeline_names(config["pipeline"], str(config_path))
         folds = folds if folds is not None else config["folds"]
         checkpoint = checkpoint or config.get("checkpoint")
-        log.info("configuration from %s: pipeline %s, folds %s", config_path, pipeline, config["folds"])
-    checkpoint = _check_checkpoint(checkpoint or "best")
+        log.info("configuration from %s: pipeline %s, folds %s", config_path, " + ".join(names), config["folds"])
+    checkpoint = check_checkpoint(checkpoint or "best")
+    if names is not None and len(names) > 1:
+        members = [_load_one(dataset_dir, name, None, folds, checkpoint) for name in names]
+        ensemble = LoadedEnsemble(dataset_dir.name, members, dataset_dir)
+        if config is not None and "postprocessing" in config:
+            ensemble.postprocessing, ensemble.postprocessing_source = config["postprocessing"], str(config_path)
+        else:
+            ensemble.postprocessing = ensemble.plan_steps
+        return ensemble
+    loaded = _load_one(dataset_dir, names[0] if names else None, model_name, folds, checkpoint)
+    if config is not None and "postprocessing" in config:
+        loaded.postprocessing, loaded.postprocessing_source = config["postprocessing"], str(config_path)
+    return loaded
+
+
+def _load_one(dataset_dir: Path, pipeline: str | None, model_name: str | None, folds: list[Fold] | None,
+              checkpoint: str) -> LoadedPipeline:
+    """One pipeline (or one model of it) with the plan's post-processing."""
     plan = _plan_of(dataset_dir, pipeline)
     if pipeline is None:
         pipeline = plan.recommended
@@ -178,8 +255,6 @@ def load_pipeline(source: str | Path | None = None, pipeline: str | None = None,
     if model_name is not None and len(spec.models) > 1:
         spec = PipelineSpec(spec.name, spec.description, True, spec.reason, "argmax", (), tuple(m.plan for m in loaded))
         steps, steps_source = [], f"none (model {model_name} alone)"
-    elif config is not None and "postprocessing" in config:
-        steps, steps_source = config["postprocessing"], str(config_path)
     else:
         steps, steps_source = normalise_steps(list(spec.postprocessing), "the plan's post-processing"), "plan"
     log.info("loaded %s: pipeline %s, model(s) %s, fold(s) %s, %s checkpoints", dataset_dir.name, spec.name,
@@ -200,10 +275,16 @@ def describe_trained(dataset_dir: Path) -> str:
     parts = []
     for pipeline_dir in sorted(p for p in dataset_dir.iterdir() if p.is_dir()) if dataset_dir.is_dir() else []:
         models = [f"{m.name}: folds {', '.join(map(str, folds))}" for m in sorted(pipeline_dir.iterdir())
-                  if m.is_dir() and (folds := _folds_with_checkpoint(m))]
+                  if m.is_dir() and (folds := folds_with_checkpoint(m))]
         if models:
             parts.append(f"{pipeline_dir.name} ({'; '.join(models)})")
     return ", ".join(parts) or "nothing trained"
+
+
+def trained_pipeline_folds(dataset_dir: Path, pipeline: str, checkpoint: str = "best") -> tuple[PipelineSpec, dict[str, list[Fold]]]:
+    """A trained pipeline's plan entry and, per model of it, the folds that have the checkpoint asked for."""
+    spec = _trained_pipeline(_plan_of(dataset_dir, pipeline), dataset_dir, pipeline)
+    return spec, {m.name: folds_with_checkpoint(dataset_dir / spec.name / m.name, checkpoint) for m in spec.models}
 
 
 def _trained(dataset_dir: Path) -> bool:
@@ -218,8 +299,8 @@ def _fold_key(fold: Fold) -> tuple[int, int]:
     return (1, 0) if fold == "all" else (0, int(fold))
 
 
-def _folds_with_checkpoint(model_dir: Path, checkpoint: str = "best") -> list[Fold]:
-    """Folds of a model folder whose fold folder holds the checkpoint asked for."""
+def folds_with_checkpoint(model_dir: Path, checkpoint: str = "best") -> list[Fold]:
+    """Folds of a model folder whose fold folder holds the checkpoint asked for (``best`` accepts either)."""
     folds = []
     for d in model_dir.glob(f"{FOLD_PREFIX}*"):
         try:
@@ -232,12 +313,6 @@ def _folds_with_checkpoint(model_dir: Path, checkpoint: str = "best") -> list[Fo
     return sorted(folds, key=_fold_key)
 
 
-def _check_checkpoint(checkpoint: Any) -> str:
-    if checkpoint not in CHECKPOINT_CHOICES:
-        raise LiversegError(f"checkpoint must be one of {', '.join(CHECKPOINT_CHOICES)}; got {checkpoint!r}")
-    return checkpoint
-
-
 def _checkpoint_path(fold_dir: Path, checkpoint: str) -> Path:
     if checkpoint == "best" and (fold_dir / BEST).is_file():
         return fold_dir / BEST
@@ -246,7 +321,7 @@ def _checkpoint_path(fold_dir: Path, checkpoint: str) -> Path:
     return fold_dir / LATEST
 
 
-def _results_dataset(name: str) -> Path:
+def results_dataset(name: str) -> Path:
     """The results folder of a dataset given by name, nnU-Net folder name or id."""
     root = results_root()
     trained = trained_datasets(root)
@@ -281,7 +356,7 @@ def _locate(source: str | Path | None, pipeline: str | None,
     path = Path(source).expanduser()
     if isinstance(source, str) and not ("/" in source and path.is_dir()):
         try:  # a name is looked up in the results store first, a folder of that name in the working directory second
-            return _results_dataset(source), pipeline, None, folds
+            return results_dataset(source), pipeline, None, folds
         except LiversegError:
             if not path.is_dir():
                 raise
@@ -297,9 +372,9 @@ def _locate(source: str | Path | None, pipeline: str | None,
         if folds is not None and folds != [fold]:
             raise LiversegError(f"{path} is fold {fold}, but folds {folds} were asked for; give the model folder instead")
         return path.parents[2], _same(pipeline, path.parents[1].name, path), path.parent.name, [fold]
-    if _folds_with_checkpoint(path):  # a model folder
+    if folds_with_checkpoint(path):  # a model folder
         return path.parents[1], _same(pipeline, path.parent.name, path), path.name, folds
-    if any(_folds_with_checkpoint(m) for m in path.iterdir() if m.is_dir()):  # a pipeline folder
+    if any(folds_with_checkpoint(m) for m in path.iterdir() if m.is_dir()):  # a pipeline folder
         return path.parent, _same(pipeline, path.name, path), None, folds
     if _trained(path):  # a dataset folder
         return path, pipeline, None, folds
@@ -334,7 +409,7 @@ def _trained_pipeline(plan: Plan, dataset_dir: Path, name: str) -> PipelineSpec:
 
 def _choose_folds(pipeline_dir: Path, models: Sequence[ModelPlan], folds: list[Fold] | None, checkpoint: str) -> list[Fold]:
     """The asked-for folds, checked, or every fold that each model has a checkpoint of."""
-    available = {m.name: _folds_with_checkpoint(pipeline_dir / m.name, checkpoint) for m in models}
+    available = {m.name: folds_with_checkpoint(pipeline_dir / m.name, checkpoint) for m in models}
     common = [f for f in available[models[0].name] if all(f in a for a in available.values())]
     listing = "; ".join(f"{n}: {', '.join(map(str, a)) or 'none'}" for n, a in available.items())
     if folds is None:

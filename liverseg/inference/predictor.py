@@ -21,7 +21,10 @@ sliding window of every fold (Gaussian-weighted, mirrored in-plane only where th
 has thick slices, otherwise along all three axes), the fold average of the softmax
 probabilities, the pipeline's combine rule (:mod:`liverseg.inference.combine`: probabilities
 mapped back onto the original grid before any argmax), post-processing, and the lesion report
-(:mod:`liverseg.postprocessing.report`). The three stages are separate methods (:meth:`Predictor.prepare`,
+(:mod:`liverseg.postprocessing.report`). An ensemble of pipelines
+(:class:`~liverseg.inference.models.LoadedEnsemble`) runs each member pipeline as above up to its
+combine rule and averages their label probabilities and tumour probabilities
+(:func:`average_combined`) before post-processing. The three stages are separate methods (:meth:`Predictor.prepare`,
 :meth:`Predictor.infer`, :meth:`Predictor.finish`) so a run can overlap them over cases.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,7 +42,7 @@ import torch
 from liverseg.errors import LiversegError
 from liverseg.inference.combine import Combined, get_combine_rule
 from liverseg.inference.device import autocast_dtype, resolve_device
-from liverseg.inference.models import Fold, LoadedModel, LoadedPipeline, load_pipeline
+from liverseg.inference.models import Fold, Loaded, LoadedModel, load_pipeline
 from liverseg.inference.sliding_window import mirror_combinations, predict_sliding_window
 from liverseg.inference.windows import check_step_fraction
 from liverseg.io.images import CANONICAL_ORIENTATION, Geometry, array_to_sitk, geometry_mismatch, read_channels, sitk_to_array
@@ -58,7 +61,11 @@ IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 @dataclass
 class PreparedCase:
-    """A case read and preprocessed for every grid the pipeline's models use (keyed by preprocessing spec name)."""
+    """A case read and preprocessed for every grid the pipeline's models use.
+
+    ``grids`` is keyed by preprocessing spec name (members of an ensemble share a grid when
+    their plans define it alike; otherwise the key is ``<pipeline>/<spec name>``).
+    """
 
     case_id: str
     geometry: Geometry
@@ -95,26 +102,29 @@ class Prediction:
 
 
 class _Case:
-    """The :class:`~liverseg.inference.combine.CaseModels` a combine rule sees for one prepared case."""
+    """The :class:`~liverseg.inference.combine.CaseModels` a combine rule sees for one prepared case and pipeline."""
 
-    def __init__(self, predictor: "Predictor", prepared: PreparedCase) -> None:
-        self.predictor, self.prepared = predictor, prepared
+    def __init__(self, predictor: "Predictor", member: int, prepared: PreparedCase) -> None:
+        self.predictor, self.member, self.prepared = predictor, member, prepared
         self.num_labels = predictor.num_labels
         self.seconds = {"network": 0.0, "map_back": 0.0}
 
     def _model(self, name: str) -> LoadedModel:
-        return self.predictor.models.model(name)
+        return self.predictor.models.members[self.member].model(name)
+
+    def _grid_key(self, model: str) -> str:
+        return self.predictor.grid_keys[self.member][model]
 
     def grid(self, model: str) -> dict:
-        return self.prepared.grids[self._model(model).plan.preprocessing].properties
+        return self.prepared.grids[self._grid_key(model)].properties
 
     def probabilities(self, model: str, box: BBox | None = None) -> np.ndarray:
         start = time.perf_counter()
         loaded = self._model(model)
-        data = self.prepared.grids[loaded.plan.preprocessing].data
+        data = self.prepared.grids[self._grid_key(model)].data
         if box is not None:
             data = data[(slice(None), *box)]
-        total = self.predictor.fold_average(loaded, data)
+        total = self.predictor.fold_average(loaded, data, self.predictor.member_mirror_axes[self.member][model])
         self.seconds["network"] += time.perf_counter() - start
         return total
 
@@ -125,29 +135,57 @@ class _Case:
         return mapped
 
 
+def average_combined(parts: Iterable[Combined]) -> Combined:
+    """The ensemble of several pipelines' outputs: mean label probabilities, their argmax, mean tumour probability.
+
+    ``parts`` is consumed one at a time (a generator keeps one member's full-volume maps in memory
+    besides the running sums). Ties in the argmax go to the lower label, as ``numpy.argmax`` does.
+    """
+    probabilities = tumour = None
+    count = 0
+    for part in parts:
+        if probabilities is None:
+            probabilities = part.probabilities.astype(np.float32, copy=True)
+            tumour = part.tumour_probability.astype(np.float32, copy=True)
+        else:
+            if part.probabilities.shape != probabilities.shape:
+                raise ValueError(f"ensemble members disagree in shape: {part.probabilities.shape} vs {probabilities.shape}")
+            probabilities += part.probabilities
+            tumour += part.tumour_probability
+        count += 1
+    if probabilities is None:
+        raise ValueError("an ensemble needs at least one member's output")
+    probabilities /= count
+    tumour /= count
+    return Combined(probabilities.argmax(0).astype(np.uint8), probabilities, tumour)
+
+
 class Predictor:
-    """A loaded pipeline with its inference settings; :meth:`predict` segments one image.
+    """A loaded pipeline (or ensemble of pipelines) with its inference settings; :meth:`predict` segments one image.
 
     - ``device``: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``;
       ``accumulate_device``: where full-volume probabilities are summed (default: ``device``;
       ``cpu`` when a large volume does not fit beside the network on a GPU);
     - ``tta``: test-time mirroring; ``mirror_axes``: ``"auto"`` = y and x (4 passes) for a model
       whose grid has thick slices (z at least twice the in-plane spacing, the training's own
-      rule), all three axes (8 passes) otherwise; or explicit axes (0 = z);
+      rule), all three axes (8 passes) otherwise; or explicit axes (0 = z); :attr:`mirror_axes`
+      then maps each model (``<pipeline>/<model>`` in an ensemble) to its axes;
     - ``step``: window spacing as a fraction of the patch (0.5 = half a patch overlap);
       ``batch_windows``: windows per forward pass;
     - ``use_bf16``: ``"auto"`` = bf16 autocast on CPUs with native bf16 (fp16 on GPUs), ``False``
       = fp32, ``True`` = bf16 anywhere;
     - ``postprocessing``: ``"auto"`` (the configuration's steps: inference.json's or the plan's),
-      ``"plan"``, ``"none"``, a JSON file, or a list of steps.
+      ``"plan"`` (for an ensemble the members' plan steps combined:
+      :func:`~liverseg.inference.models.ensemble_steps`), ``"none"``, a JSON file, or a list of steps.
     """
 
-    def __init__(self, models: LoadedPipeline, device: str | torch.device = "auto", tta: bool = True,
+    def __init__(self, models: Loaded, device: str | torch.device = "auto", tta: bool = True,
                  mirror_axes: str | Sequence[int] = "auto", step: float = 0.5, batch_windows: int = 2,
                  use_bf16: bool | str = "auto", postprocessing: str | Path | Sequence[Any] = "auto",
                  accumulate_device: str | torch.device | None = None, progress: bool = False) -> None:
         self.models = models
-        self.combine = get_combine_rule(models.pipeline.combine)
+        self.combine_rules = [get_combine_rule(m.pipeline.combine) for m in models.members]
+        self.grid_keys = self._grid_keys(models)
         self.device = resolve_device(device)
         self.accumulate_device = self.device if accumulate_device is None else resolve_device(accumulate_device)
         self.precision = autocast_dtype(self.device, use_bf16)
@@ -156,20 +194,43 @@ class Predictor:
         if isinstance(batch_windows, bool) or int(batch_windows) != batch_windows or batch_windows < 1:
             raise LiversegError(f"batch_windows must be a positive whole number; got {batch_windows!r}")
         self.batch_windows = int(batch_windows)
-        self.mirror_axes = {m.name: self._mirror_axes(m, tta, mirror_axes) for m in models.models}
+        self.member_mirror_axes = [{m.name: self._mirror_axes(m, tta, mirror_axes) for m in member.models}
+                                   for member in models.members]
+        if len(models.members) == 1:
+            self.mirror_axes = self.member_mirror_axes[0]
+        else:
+            self.mirror_axes = {f"{member.name}/{name}": axes for member, by_model in
+                                zip(models.members, self.member_mirror_axes) for name, axes in by_model.items()}
         self.postprocessing = self._steps(postprocessing)
         self.progress = progress
         self.num_labels = max(max(models.plan.labels.values()), 2) + 1
 
     @classmethod
-    def from_folder(cls, source: str | Path | None = None, pipeline: str | None = None, folds: Sequence[Fold] | None = None,
-                    checkpoint: str | None = None, **options: Any) -> "Predictor":
+    def from_folder(cls, source: str | Path | None = None, pipeline: str | Sequence[str] | None = None,
+                    folds: Sequence[Fold] | None = None, checkpoint: str | None = None, **options: Any) -> "Predictor":
         """Load trained models (:func:`liverseg.inference.models.load_pipeline`) and wrap them with ``options``.
 
         ``source``: a dataset name or id under ``$LIVERSEG_RESULTS``, a results folder, or None
-        for the only trained dataset; ``options`` are those of :class:`Predictor`.
+        for the only trained dataset; ``pipeline``: a name, a list of names (an ensemble of
+        pipelines) or None (inference.json's choice); ``options`` are those of :class:`Predictor`.
         """
         return cls(load_pipeline(source, pipeline, folds, checkpoint), **options)
+
+    @staticmethod
+    def _grid_keys(models: Loaded) -> list[dict[str, str]]:
+        """Per member, the key of each model's grid in :attr:`PreparedCase.grids` (one grid per distinct spec)."""
+        specs: dict[str, Any] = {}
+        keys = []
+        for member in models.members:
+            by_model = {}
+            for model in member.models:
+                key = model.plan.preprocessing
+                if specs.get(key, model.spec) != model.spec:  # another member's plan defines this grid differently
+                    key = f"{member.name}/{key}"
+                specs[key] = model.spec
+                by_model[model.name] = key
+            keys.append(by_model)
+        return keys
 
     def _mirror_axes(self, model: LoadedModel, tta: bool, mirror_axes: str | Sequence[int]) -> tuple[int, ...] | None:
         if not tta:
@@ -186,7 +247,7 @@ class Predictor:
         if isinstance(postprocessing, (str, Path)):
             if str(postprocessing) == "auto":
                 return list(self.models.postprocessing)
-            return load_postprocessing(postprocessing, list(self.models.pipeline.postprocessing))
+            return load_postprocessing(postprocessing, self.models.plan_steps)
         return normalise_steps(list(postprocessing), "postprocessing")
 
     def describe(self) -> dict[str, Any]:
@@ -199,13 +260,13 @@ class Predictor:
             "step": self.step, "batch_windows": self.batch_windows, "postprocessing": self.postprocessing,
         }
 
-    def fold_average(self, model: LoadedModel, data: np.ndarray) -> np.ndarray:
+    def fold_average(self, model: LoadedModel, data: np.ndarray, mirror_axes: tuple[int, ...] | None) -> np.ndarray:
         """Mean softmax ``(classes, z, y, x)`` float32 of every fold's network over a preprocessed image."""
         total = None
         for network in model.networks:
             probabilities = predict_sliding_window(
                 network, data, model.plan.topology.patch_size, model.plan.num_classes, step_fraction=self.step,
-                mirror_axes=self.mirror_axes[model.name], batch_windows=self.batch_windows, compute_device=self.device,
+                mirror_axes=mirror_axes, batch_windows=self.batch_windows, compute_device=self.device,
                 accumulate_device=self.accumulate_device, use_bf16=self.use_bf16, progress=self.progress)
             total = probabilities if total is None else total.add_(probabilities)
         if len(model.networks) > 1:
@@ -229,18 +290,31 @@ class Predictor:
                                 ".nrrd/.mha) or replace them before predicting")
         read = time.perf_counter()
         grids = {}
-        for model in self.models.models:
-            key = model.plan.preprocessing
-            if key not in grids:
-                grids[key] = preprocess_arrays(array, geometry, model.spec)
+        for member, keys in zip(self.models.members, self.grid_keys):
+            for model in member.models:
+                if keys[model.name] not in grids:
+                    grids[keys[model.name]] = preprocess_arrays(array, geometry, model.spec)
         seconds = {"read": read - start, "preprocess": time.perf_counter() - read}
         return PreparedCase(case_id, geometry, grids, seconds)
 
     def infer(self, prepared: PreparedCase) -> Combined:
-        """Run the models and the pipeline's combine rule: labels and probabilities on the original grid."""
-        case = _Case(self, prepared)
-        combined = self.combine(self.models.pipeline, case)
-        prepared.seconds.update(case.seconds)
+        """Run the models and the pipeline's combine rule: labels and probabilities on the original grid.
+
+        For an ensemble, every member pipeline's combined output, averaged (:func:`average_combined`).
+        """
+        seconds = {"network": 0.0, "map_back": 0.0}
+
+        def member_outputs():
+            for k, (member, rule) in enumerate(zip(self.models.members, self.combine_rules)):
+                case = _Case(self, k, prepared)
+                combined = rule(member.pipeline, case)
+                for stage, value in case.seconds.items():
+                    seconds[stage] += value
+                yield combined
+
+        outputs = member_outputs()
+        combined = next(outputs) if len(self.models.members) == 1 else average_combined(outputs)
+        prepared.seconds.update(seconds)
         return combined
 
     def finish(self, prepared: PreparedCase, combined: Combined, keep_probabilities: bool = False) -> Prediction:

@@ -43,7 +43,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -254,9 +254,9 @@ def predict_folder(source: str | Path, output: str | Path, predictor: Predictor 
     if summary.skipped:
         log.info("--continue: %d of %d case(s) are complete and skipped", len(summary.skipped), len(cases))
     log.info("predicting %d case(s) from %s into %s with %s (%s), folds %s", len(todo), source, output,
-             predictor.models.pipeline.name, predictor.models.dataset, ", ".join(map(str, predictor.models.folds)))
+             predictor.models.name, predictor.models.dataset, ", ".join(map(str, predictor.models.folds)))
     export = _Exporter(output, predictor, save_probabilities, lesion_maps)
-    for case, outcome in _pipelined(todo, predictor, export, num_workers):
+    for case, outcome in pipelined_cases(todo, predictor, export, num_workers):
         if isinstance(outcome, tuple):
             summary.predicted.append(case.case_id)
             reports[case.case_id], summary.timings[case.case_id] = outcome
@@ -343,15 +343,17 @@ def _prepare(predictor: Predictor, case: CaseInput) -> PreparedCase:
         raise LiversegError(text if where in text else f"{where}: {text}") from None
 
 
-def _pipelined(cases: list[CaseInput], predictor: Predictor, export: Callable[..., CaseResult],
-               num_workers: int):
-    """Yield ``(case, (report, seconds) or failure reason)`` per case as each finishes.
+def pipelined_cases(cases: list[CaseInput], predictor: Predictor, export: Callable[[CaseInput, PreparedCase, Combined], Any],
+                    num_workers: int, desc: str = "predict") -> Iterator[tuple[CaseInput, Any]]:
+    """Yield ``(case, what export returned, or the failure reason)`` per case as each finishes.
 
-    Cases are prepared ahead and exported behind the network (module docstring).
+    Cases are prepared ahead in ``num_workers`` threads and ``export(case, prepared, combined)``
+    runs in a thread behind the network (module docstring); a failed case yields its reason (a
+    str) and the others go on. ``desc`` labels the progress bar.
     """
     if not cases:
         return
-    bar = tqdm(total=len(cases), desc="predict", unit="case", disable=None)
+    bar = tqdm(total=len(cases), desc=desc, unit="case", disable=None)
     readers = ThreadPoolExecutor(num_workers, thread_name_prefix="prepare") if num_workers else None
     writer = ThreadPoolExecutor(1, thread_name_prefix="export") if num_workers else None
     queue = iter(cases)
