@@ -1,6 +1,7 @@
 """Segmentation networks, looked up by the name a plan gives them.
 
-Built-in: ``"unet"`` (:class:`liverseg.networks.unet.UNet`). Add a network without editing
+Built-in: ``"unet"`` (:class:`liverseg.networks.unet.UNet`) and ``"ahnet"``
+(:class:`liverseg.networks.ahnet.AHNet`, 2D encoder on every slice, 3D decoder). Add a network without editing
 liverseg, either by decorating it in any module that is imported before training::
 
     from liverseg.networks import NETWORKS
@@ -23,6 +24,7 @@ from typing import Any, Callable
 from torch import nn
 
 from liverseg.errors import LiversegError
+from liverseg.networks.ahnet import AHNet
 from liverseg.networks.unet import UNet
 from liverseg.registry import Registry
 
@@ -30,8 +32,9 @@ from liverseg.registry import Registry
 ENTRY_POINT_GROUP = "liverseg.networks"
 NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network", entry_point_group=ENTRY_POINT_GROUP)
 NETWORKS.register("unet")(UNet)
+NETWORKS.register("ahnet")(AHNet)
 
-__all__ = ["ENTRY_POINT_GROUP", "NETWORKS", "UNet", "available_networks", "build_network", "get_network"]
+__all__ = ["AHNet", "ENTRY_POINT_GROUP", "NETWORKS", "UNet", "available_networks", "build_network", "get_network"]
 
 
 def available_networks() -> list[str]:
