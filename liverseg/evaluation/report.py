@@ -186,10 +186,12 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
     """
     tolerance = float(summary["tolerance_mm"])
     profile = summary["profile"]
-    lines = [f"liverseg evaluation: {summary['num_cases']} case(s), profile `{profile['name']}`, "
-             f"Surface Dice tolerance {tolerance:g} mm"
-             + (f"; lesions: {summary['lesion_connectivity']}-connected, hit when Dice > {summary['lesion_threshold']:g}"
-                if "lesion_threshold" in summary else ""), ""]
+    heading = (f"liverseg evaluation: {summary['num_cases']} case(s), profile `{profile['name']}`, "
+               f"Surface Dice tolerance {tolerance:g} mm")
+    if "lesion_threshold" in summary:
+        heading += (f"; lesions: {summary['lesion_connectivity']}-connected, "
+                    f"hit when Dice > {summary['lesion_threshold']:g}")
+    lines = [heading, ""]
     if "raters" not in summary:
         title = Path(str(summary["prediction"])).name or "prediction"
         columns = [(summary["metrics"], summary.get("tumor_burden_rmse"))]

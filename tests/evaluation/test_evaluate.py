@@ -194,8 +194,9 @@ def test_lesion_threshold_and_connectivity_reach_the_lesion_metrics(lesion_case,
     saved = _strict_json(out)
     case = saved["per_case"][0]["lesions"]
     assert {k: case[k] for k in expected} == expected
-    threshold = float(options[options.index("--lesion-threshold") + 1]) if "--lesion-threshold" in options else 0.2
-    connectivity = int(options[options.index("--lesion-connectivity") + 1]) if "--lesion-connectivity" in options else 26
+    given = dict(zip(options[::2], options[1::2]))
+    threshold = float(given.get("--lesion-threshold", 0.2))
+    connectivity = int(given.get("--lesion-connectivity", 26))
     assert (saved["lesion_threshold"], saved["lesion_connectivity"]) == (threshold, connectivity)
     assert (case["threshold"], case["connectivity"]) == (threshold, connectivity)
     assert f"{connectivity}-connected, hit when Dice > {threshold:g}" in capsys.readouterr().out
