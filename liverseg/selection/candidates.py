@@ -10,10 +10,9 @@ does at prediction time. All arrays are in the canonical ``(z, y, x)`` layout.
 from __future__ import annotations
 
 import itertools
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 
 from liverseg.errors import LiversegError
@@ -83,7 +82,7 @@ def load_probabilities(path: Path) -> np.ndarray:
     try:
         with np.load(path) as content:
             return content["probabilities"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise LiversegError(f"{path}: cannot be read as cross-validation probabilities ({e}); delete it and run again "
                             "to predict it anew") from None
 
@@ -94,7 +93,3 @@ def make_candidates(folders: dict[str, Path], ensembles: bool = True) -> list[Ca
     sizes = range(1, len(names) + 1) if ensembles else range(1, 2)
     return [Candidate(tuple(c), tuple(folders[n] for n in c)) for k in sizes for c in itertools.combinations(names, k)]
 
-
-def common_cases(case_sets: Sequence[set[str]]) -> list[str]:
-    """The cases every set holds, sorted."""
-    return sorted(set.intersection(*map(set, case_sets))) if case_sets else []

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from liverseg.data.splits import read_splits
 from liverseg.errors import LiversegError
@@ -28,9 +28,9 @@ from liverseg.inference.models import ensemble_steps, results_dataset, trained_p
 from liverseg.io.atomic import write_json
 from liverseg.io.dataset import RawDataset
 from liverseg.paths import preprocessed_root, raw_root
-from liverseg.selection.candidates import Candidate, common_cases, make_candidates
+from liverseg.selection.candidates import Candidate, make_candidates
 from liverseg.selection.criterion import CRITERION, Score, rank
-from liverseg.selection.crossval import check_raw_images, predict_crossval
+from liverseg.selection.crossval import check_raw_images, is_complete, predict_crossval
 from liverseg.selection.postprocessing_choice import PostprocessingChoice, choose_postprocessing, optional_steps
 from liverseg.selection.report import format_table
 from liverseg.selection.scoring import per_case_table, score_candidate
@@ -118,40 +118,57 @@ def find_best(dataset: str, pipelines: Sequence[str] | None = None, folds: Seque
 
     crossval = {n: predict_crossval(dataset_dir, n, splits, folds, raw, checkpoint, tta, num_workers, **predictor_options)
                 for n in names}
-    cases = common_cases([set(r.cases) for r in crossval.values()])
-    left_out = sorted(set(wanted) - set(cases))
-    if left_out:
-        log.warning("%d case(s) are left out because not every pipeline predicted them: %s", len(left_out),
-                    ", ".join(left_out))
-    if not cases:
-        failures = "; ".join(f"{n}: {c}: {reason}" for n, r in crossval.items() for c, reason in r.failed.items())
-        raise LiversegError(f"no case has cross-validation predictions from every pipeline ({failures or 'none predicted'})")
-    references = {c: references[c] for c in cases}
-    workers = max(1, num_workers)
-
-    results = []
-    for candidate in make_candidates({n: r.folder for n, r in crossval.items()}, ensembles):
-        score, rows = score_candidate(candidate, references, (), workers)
-        results.append(CandidateResult(candidate, score, rows))
-        log.info("%s: criterion %.4f (liver Dice %.4f, tumour Dice %.4f), lesion F1 %.4f", candidate.name,
-                 score.criterion, score.liver_dice, score.tumour_dice, score.lesion_f1)
-    results = [results[i] for i in rank([r.score for r in results])]
-    best = results[0].candidate
-    start = ensemble_steps([trained_pipeline_folds(dataset_dir, m, checkpoint)[0].postprocessing for m in best.members])
-    cache = Path(tempfile.mkdtemp(prefix=".find_best_", dir=dataset_dir)) if best.is_ensemble else None
+    failures = "; ".join(f"{n}: {c}: {reason}" for n, r in crossval.items() for c, reason in r.failed.items())
+    if failures:
+        log.warning("cross-validation cases that could not be predicted: %s", failures)
+    plan_steps = {n: trained_pipeline_folds(dataset_dir, n, checkpoint)[0].postprocessing for n in names}
+    cache = Path(tempfile.mkdtemp(prefix=".find_best_", dir=dataset_dir))
     try:
-        choice = choose_postprocessing(lambda steps: score_candidate(best, references, steps, workers, cache)[0],
-                                       start, optional_steps(start) if try_optional_steps else ())
+        results, choice, cases = select({n: r.folder for n, r in crossval.items()}, references, plan_steps, ensembles,
+                                        try_optional_steps, max(1, num_workers), cache)
     finally:
-        if cache is not None:
-            shutil.rmtree(cache, ignore_errors=True)
-
+        shutil.rmtree(cache, ignore_errors=True)
+    best = results[0].candidate
     inference_file = write_inference_config(dataset_dir, list(best.members), folds, choice.steps, checkpoint)
     result = SelectionResult(name, list(folds), cases, results, choice, inference_file, dataset_dir / FIND_BEST_FILE)
     write_json(result.report_file, result.to_dict())
     log.info("chose %s with post-processing %s; wrote %s and %s", best.name,
              ", ".join(s["name"] for s in choice.steps) or "none", inference_file, result.report_file)
     return result
+
+
+def select(folders: Mapping[str, Path], references: Mapping[str, Path], plan_steps: Mapping[str, Sequence[Any]],
+           ensembles: bool = True, try_optional_steps: bool = True, num_workers: int = 1,
+           cache: Path | None = None) -> tuple[list[CandidateResult], PostprocessingChoice, list[str]]:
+    """Rank the candidates of cross-validation ``folders`` (pipeline -> crossval folder) and decide the winner's
+    post-processing; returns the candidates best first, the post-processing choice and the cases used.
+
+    Only cases of ``references`` (case -> reference label file) that every folder has predicted
+    count. ``plan_steps`` gives each pipeline's plan steps (the start of the post-processing
+    decision); ``cache`` is a scratch folder for an ensemble winner's label maps.
+    """
+    cases = [c for c in sorted(references) if all(is_complete(folder, c) for folder in folders.values())]
+    left_out = sorted(set(references) - set(cases))
+    if left_out:
+        log.warning("%d case(s) are left out because not every pipeline predicted them: %s", len(left_out),
+                    ", ".join(left_out))
+    if not cases:
+        raise LiversegError(f"no case has cross-validation predictions from every pipeline ({', '.join(folders)}); "
+                            "see the log for the cases that failed")
+    references = {c: references[c] for c in cases}
+    results = []
+    for candidate in make_candidates(dict(folders), ensembles):
+        score, rows = score_candidate(candidate, references, (), num_workers)
+        results.append(CandidateResult(candidate, score, rows))
+        log.info("%s: criterion %.4f (liver Dice %.4f, tumour Dice %.4f), lesion F1 %.4f", candidate.name,
+                 score.criterion, score.liver_dice, score.tumour_dice, score.lesion_f1)
+    results = [results[i] for i in rank([r.score for r in results])]
+    best = results[0].candidate
+    start = ensemble_steps([plan_steps[m] for m in best.members])
+    scratch = cache if best.is_ensemble else None
+    choice = choose_postprocessing(lambda steps: score_candidate(best, references, steps, num_workers, scratch)[0],
+                                   start, optional_steps(start) if try_optional_steps else ())
+    return results, choice, cases
 
 
 def trained_pipelines(dataset_dir: Path) -> list[str]:
@@ -188,7 +205,7 @@ def _folds(splits: list[dict[str, list[str]]], folds: Sequence[int | str] | None
     for fold in folds:
         parsed = parse_fold(fold)
         if parsed == "all" or not parsed < len(splits):
-            raise LiversegError(f"fold {fold!r} cannot be used for model selection: {path} has folds 0 to "
+            raise LiversegError(f"fold {fold} cannot be used for model selection: {path} has folds 0 to "
                                 f"{len(splits) - 1} ('all' has no held-out cases)")
         chosen.append(parsed)
     return sorted(set(chosen))
