@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         "default) and find_best.json. See docs/model_selection.md.",
     )
     parser.add_argument("-d", "--dataset", required=True, help="dataset name, folder name or id under $LIVERSEG_RESULTS")
-    parser.add_argument("-c", "--pipelines", nargs="+", default=None, help="pipelines to choose from (default: every "
-                        "trained one)")
+    parser.add_argument("-c", "--pipeline", nargs="+", default=None, help="the pipelines to choose from, one or more "
+                        "(default: every trained one)")
     parser.add_argument("-f", "--folds", nargs="+", default=None, help="folds to use (default: every fold of splits.json; "
                         "each pipeline must be trained on each)")
     parser.add_argument("--no-ensembles", dest="ensembles", action="store_false", help="do not try ensembles of pipelines")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         configure_threads(args.threads)
-        result = find_best(args.dataset, args.pipelines, args.folds, ensembles=args.ensembles, tta=args.tta,
+        result = find_best(args.dataset, args.pipeline, args.folds, ensembles=args.ensembles, tta=args.tta,
                            checkpoint=args.checkpoint, try_optional_steps=args.optional_steps,
                            num_workers=args.num_workers, device=args.device, use_bf16=False if args.fp32 else "auto")
         print(result.table())
