@@ -153,6 +153,7 @@ def average_combined(parts: Iterable[Combined]) -> Combined:
             probabilities += part.probabilities
             tumour += part.tumour_probability
         count += 1
+        del part  # not held while the next member runs
     if probabilities is None:
         raise ValueError("an ensemble needs at least one member's output")
     probabilities /= count
@@ -311,6 +312,7 @@ class Predictor:
                 for stage, value in case.seconds.items():
                     seconds[stage] += value
                 yield combined
+                del combined  # not held while the next member runs
 
         outputs = member_outputs()
         combined = next(outputs) if len(self.models.members) == 1 else average_combined(outputs)
