@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="initial learning rate (default: the plan's)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: the plan's)")
     parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pt every N epochs (default 1)")
+    parser.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None, metavar="MINUTES",
+                        help="end the training epochs within this many minutes by shortening the schedule (shared by "
+                        "the pipeline's models in proportion to their work; the final validation comes on top); "
+                        "default: no limit")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0); a CPU run with -np 0 is repeatable")
     parser.add_argument("-np", "--num-workers", type=int, default=None, help="background processes for augmentation, 0 runs "
                         "it in the training process (default: 1 on a CPU with 2+ cores, on a GPU one per core but one, "
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     overrides = {key: getattr(args, key) for key in (
         "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
-        "num_workers", "threads", "precision", "init_from", "final_validation")}
+        "num_workers", "threads", "precision", "init_from", "final_validation", "time_budget_minutes")}
 
     def body() -> int:
         folders = train(args.dataset, args.pipeline, args.fold, model=args.model,

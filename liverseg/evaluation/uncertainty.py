@@ -149,8 +149,9 @@ def plot_uncertainty(lesions: Sequence[dict[str, Any]], path: str | Path, title:
     hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.legend()
     hist.set_title(f"TP vs FP, AUC(FP > TP) = {analysis['auc_fp_vs_tp']:.2f}")
-    scatter.set_xscale("log")
-    scatter.xaxis.set_minor_formatter(NullFormatter())  # crowded labels between decades
+    if (vol > 0).any():  # a log axis needs a positive value (no lesions at all: a linear, empty axis)
+        scatter.set_xscale("log")
+        scatter.xaxis.set_minor_formatter(NullFormatter())  # crowded labels between decades
     margin = 0.02 * (high - low)
     scatter.set_ylim(low - margin, high + margin)
     scatter.set_xlabel("lesion volume (ml)")

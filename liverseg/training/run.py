@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,6 +24,7 @@ from liverseg.io.atomic import atomic_output
 from liverseg.networks import build_network
 from liverseg.paths import dataset_folder_name, preprocessed_root, results_root
 from liverseg.planning.plans import PLANS_FILE, ModelPlan, PipelineSpec, Plan, load_plan
+from liverseg.training.budget import budget_shares
 from liverseg.training.checkpoint import LATEST, architectures_match, load_checkpoint
 from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import fold_cases, preprocessed_folder, train_model
@@ -39,7 +41,9 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
 
     ``fold`` is a fold number of splits.json or ``"all"``. ``overrides`` are
     :class:`~liverseg.training.settings.TrainSettings` fields (``epochs``, ``learning_rate``,
-    ``batch_size``, ``continue_training``, ...); None means "as the plan says".
+    ``batch_size``, ``continue_training``, ...); None means "as the plan says". A
+    ``time_budget_minutes`` is shared by the models in proportion to their planned work
+    (:mod:`liverseg.training.budget`).
     """
     name = dataset_folder_name(dataset)
     plans_path = preprocessed_root() / name / PLANS_FILE
@@ -57,12 +61,16 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
         if init_stage2_from_stage1 and m.roi is not None and m.roi.from_model not in [o.name for o in models]:
             _stage1_checkpoint(results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}", m)
     folders = []
-    for m in models:
+    started = time.monotonic()
+    for index, m in enumerate(models):
         folder = results_root() / name / spec.name / m.name / f"fold_{fold}"
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_output(folder / PLANS_FILE) as tmp:
             shutil.copyfile(plans_path, tmp)
         model_settings = settings[m.name]
+        if model_settings.time_budget_minutes is not None and len(models) > 1:
+            model_settings = _budget_share(models[index:], settings, model_settings.time_budget_minutes * 60
+                                           - (time.monotonic() - started))
         with log_file(folder / LOG_FILE):
             if init_stage2_from_stage1 and m.roi is not None and not model_settings.continue_training:
                 stage1 = results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}"
@@ -72,6 +80,16 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
             train_model(plan, m, fold, folder, model_settings, pipeline=spec.name)
         folders.append(folder)
     return folders
+
+
+def _budget_share(models: Sequence[ModelPlan], settings: dict[str, TrainSettings], seconds_left: float) -> TrainSettings:
+    """The first model's settings with its share of the pipeline's remaining time (liverseg.training.budget)."""
+    first = settings[models[0].name]
+    shares = budget_shares(models, seconds_left, epochs=first.epochs, iterations_per_epoch=first.iterations_per_epoch)
+    minutes = max(shares[0], 1.0) / 60
+    log.info("time budget: %.1f of the %.1f minutes left go to model %s", minutes, max(seconds_left, 0) / 60,
+             models[0].name)
+    return dataclasses.replace(first, time_budget_minutes=minutes)
 
 
 def emitted_pipeline(plan: Plan, name: str) -> PipelineSpec:

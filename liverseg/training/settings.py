@@ -42,7 +42,8 @@ class TrainSettings:
     with native bf16 instructions (fp32 on others); ``fp32``; ``bf16`` = bf16 autocast on either
     device. ``num_workers`` (augmentation processes) and ``threads`` (torch threads of the training
     process) of None are chosen for the device (:func:`resolve_workers`).
-    ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
+    ``time_budget_minutes`` shortens the schedule so the training epochs end within that many
+    minutes (:mod:`liverseg.training.budget`). ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
     from its first). ``explicit`` names the fields the user gave (the others came from the plan or
     the defaults).
     """
@@ -61,6 +62,7 @@ class TrainSettings:
     continue_training: bool = False
     init_from: Path | None = None
     final_validation: bool = True
+    time_budget_minutes: float | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -74,6 +76,10 @@ class TrainSettings:
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
             raise LiversegError(f"{_option('learning_rate')} must be a positive number; got {lr!r}")
+        budget = self.time_budget_minutes
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                                   or not math.isfinite(budget) or budget <= 0):
+            raise LiversegError(f"{_option('time_budget_minutes')} must be a positive number of minutes; got {budget!r}")
         if self.precision not in PRECISIONS:
             raise LiversegError(f"{_option('precision')} must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         device = str(self.device).lower()
@@ -172,7 +178,7 @@ def check_plan_names(model: ModelPlan) -> None:
 
 _OPTIONS = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch", "validation_iterations": "--val-iters",
             "learning_rate": "--lr", "batch_size": "--batch-size", "save_every": "--save-every", "seed": "--seed",
-            "num_workers": "-np", "threads": "--threads", "precision": "--precision", "device": "--device"}
+            "num_workers": "-np", "threads": "--threads", "time_budget_minutes": "--time-budget", "precision": "--precision", "device": "--device"}
 
 
 def _option(name: str) -> str:

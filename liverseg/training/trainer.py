@@ -32,6 +32,7 @@ final validation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -56,6 +57,7 @@ from liverseg.planning.plan_dataset import SPLITS_FILE
 from liverseg.planning.plans import ModelPlan, Plan
 from liverseg.preprocessing.run import preprocessed_cases
 from liverseg.training import checkpoint as ckpt
+from liverseg.training.budget import epochs_within_budget
 from liverseg.training.data import training_batches
 from liverseg.training.deep_supervision import DeepSupervisionLoss
 from liverseg.training.history import format_record, mean_dice, plot_progress, update_ema
@@ -120,13 +122,14 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                  parts.autocast or torch.float32, settings.threads, settings.num_workers)
         if state.epoch >= settings.epochs:
             log.info("all %d epochs are done (give more with --epochs to train longer)", settings.epochs)
-        for epoch in range(state.epoch, settings.epochs):
-            record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, epoch)
+        while state.epoch < settings.epochs:
+            record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, state.epoch)
             state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
             record["ema_dice"] = state.ema_dice
             state.history.append(record)
-            state.epoch = epoch + 1
+            state.epoch += 1
             log.info(format_record(record, names))
+            settings = fit_schedule_to_budget(parts, state, settings)
             plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
             save_checkpoints(parts, state, plan, model, fold, settings, pipeline, results_dir)
         summary = None
@@ -136,6 +139,19 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                                      {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
     return {"results_dir": str(results_dir), "epochs": state.epoch, "ema_dice": state.ema_dice,
             "best_ema_dice": state.best_ema_dice, "history": state.history, "validation": summary}
+
+
+def fit_schedule_to_budget(parts: TrainingParts, state: RunState, settings: TrainSettings) -> TrainSettings:
+    """``settings`` with fewer epochs (and the schedule re-aimed) when the rest would overrun the time budget."""
+    if settings.time_budget_minutes is None:
+        return settings
+    epochs = epochs_within_budget(state.history, settings.time_budget_minutes * 60, settings.epochs)
+    if epochs == settings.epochs:
+        return settings
+    log.info("time budget of %.1f min: the schedule ends after epoch %d instead of %d", settings.time_budget_minutes,
+             epochs, settings.epochs)
+    parts.schedule.set_max_steps(epochs)
+    return dataclasses.replace(settings, epochs=epochs)
 
 
 def start_run(model: ModelPlan, in_channels: int, settings: TrainSettings, device: torch.device,

@@ -99,6 +99,12 @@ def test_plot_is_written(tmp_path):
     assert list((tmp_path / "plots").iterdir()) == [path]  # no temporary file left behind
 
 
+def test_plot_without_any_lesion_is_still_written(tmp_path):
+    """A model that predicts no tumour at all must not break the evaluation's figure."""
+    path = plot_uncertainty([], tmp_path / "empty.png")
+    assert matplotlib.image.imread(path).shape[:2] == (400, 1000)
+
+
 def test_lesion_report_rows_are_found_by_component_id():
     """The post-processing lesion report numbers ids by size; its component_id is the raster-order id."""
     reference = np.zeros((4, 20, 20), np.uint8)

@@ -1,0 +1,1 @@
+"""``liverseg_demo``: phantoms, plan, train, predict, evaluate and an overview picture in one command."""

@@ -1,0 +1,203 @@
+"""The whole product in one call on the CPU: what ``liverseg_demo`` runs.
+
+:func:`run_demo` works in a folder of its own (``workdir``, with the three stores ``raw/``,
+``preprocessed/`` and ``results/`` inside, set as ``LIVERSEG_*`` while it runs):
+
+1. generates a `small` phantom training set (``raw/Dataset990_Demo``) and a separate held-out
+   test set drawn with another seed (``test/``: images and reference labels);
+2. plans and preprocesses it with the ``fast`` preset (``liverseg_plan``);
+3. trains the plan's recommended pipeline on fold 0 within what is left of the time budget
+   (``liverseg_train --time-budget``: the schedule is shortened, not cut off);
+4. predicts the held-out cases with test-time mirroring, post-processing and lesion reports
+   (``liverseg_predict``);
+5. evaluates them with the ATLAS profile and the lesion metrics (``liverseg_evaluate``);
+6. draws ``overview.png`` (:mod:`liverseg.demo.overview`).
+
+The time budget covers everything; the steps other than training take about a minute here, so
+:data:`RESERVED_SECONDS` of it are kept for them (and the budget's share of training is what is
+left after the data and the plan exist).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from liverseg.data.phantom import generate_dataset
+from liverseg.demo.overview import plot_overview
+from liverseg.errors import LiversegError
+from liverseg.evaluation.evaluate import evaluate_folders
+from liverseg.evaluation.report import markdown_table
+from liverseg.inference.run import predict_folder
+from liverseg.paths import ENV_PREPROCESSED, ENV_RAW, ENV_RESULTS
+from liverseg.planning.plan_dataset import plan_dataset
+from liverseg.training import checkpoint as ckpt
+from liverseg.training.run import train
+
+log = logging.getLogger(__name__)
+
+DATASET = "Dataset990_Demo"
+FOLD = 0
+RESERVED_SECONDS = 75.0
+MIN_TRAINING_SECONDS = 30.0
+OVERVIEW_CASES = 3
+
+NEXT_STEPS = """\
+Next, on your own data (docs/getting_started.md):
+  liverseg_convert atlas -i ATLAS.zip -d ATLAS      # or put an nnU-Net v2 raw dataset into $LIVERSEG_RAW
+  liverseg_plan -d ATLAS
+  for f in 0 1 2 3 4; do liverseg_train -d ATLAS -c {pipeline} -f $f; done
+  liverseg_find_best -d ATLAS
+  liverseg_predict -i scans/ -o predictions/
+  liverseg_evaluate -r labels/ -p predictions/ --profile atlas"""
+
+
+@dataclass
+class DemoResult:
+    """Where the demo wrote its outputs, what it measured, and how long each step took (seconds)."""
+
+    workdir: Path
+    pipeline: str
+    predictions: Path
+    summary: dict[str, Any]
+    overview: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def liver_dice(self) -> float:
+        """Mean whole-liver Dice over the held-out cases."""
+        return float(self.summary["metrics"]["liver_dice"]["mean"])
+
+    @property
+    def tumour_dice(self) -> float:
+        """Mean tumour Dice over the held-out cases (cases without tumour in reference and prediction excluded)."""
+        value = self.summary["metrics"]["tumor_dice"]["mean"]
+        return float("nan") if value is None else float(value)
+
+    def report(self) -> str:
+        """What the demo prints: the tables, where everything is, the timings and what to run next."""
+        timing = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in self.seconds.items())
+        lines = [
+            f"liverseg demo: pipeline {self.pipeline}, fold {FOLD}, held-out phantoms evaluated with the ATLAS profile",
+            "",
+            markdown_table(self.summary),
+            "",
+            f"work folder:  {self.workdir}",
+            f"predictions:  {self.predictions} (label maps, <case>.lesions.json, lesions.csv)",
+            f"evaluation:   {self.predictions / 'summary.json'}",
+            f"overview:     {self.overview}",
+            f"time:         {timing} (total {sum(self.seconds.values()):.0f} s)",
+            "",
+            NEXT_STEPS.format(pipeline=self.pipeline),
+        ]
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def demo_stores(workdir: Path) -> Iterator[None]:
+    """Point ``LIVERSEG_RAW``/``PREPROCESSED``/``RESULTS`` into ``workdir`` for the block, then restore them."""
+    values = {ENV_RAW: workdir / "raw", ENV_PREPROCESSED: workdir / "preprocessed", ENV_RESULTS: workdir / "results"}
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: str(path) for name, path in values.items()})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_demo(workdir: str | Path, minutes: float = 10.0, num_cases: int = 20, num_test: int = 5, seed: int = 0,
+             device: str = "auto", num_workers: int = 2, size: str = "small") -> DemoResult:
+    """Generate phantoms, plan, train, predict, evaluate and draw, within ``minutes``; returns what it did.
+
+    ``workdir`` is created if needed; a previous demo in it is replaced. ``num_cases`` training
+    phantoms (at least 5, for five folds), ``num_test`` held-out ones, of phantom ``size``
+    (``small`` by default; ``tiny`` runs in seconds but learns little).
+    """
+    if minutes <= 0:
+        raise LiversegError(f"--minutes must be positive; got {minutes}")
+    if num_cases < 5 or num_test < 1:
+        raise LiversegError(f"the demo needs at least 5 training and 1 test case; got {num_cases} and {num_test}")
+    workdir = Path(workdir).expanduser().resolve()
+    _check_workdir(workdir)
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    with demo_stores(workdir):
+        with _timed(seconds, "data"):
+            generate_dataset(workdir / "raw" / DATASET, num_cases, seed=seed, size=size, num_workers=num_workers,
+                             overwrite=True)
+            test = generate_dataset(workdir / "test", num_test, seed=seed + 1000, size=size, num_workers=num_workers,
+                                    overwrite=True)
+        with _timed(seconds, "plan"):
+            plan = plan_dataset(DATASET, num_workers=num_workers, preset="fast").plan
+        pipeline = plan.recommended
+        budget = max(MIN_TRAINING_SECONDS, minutes * 60 - (time.monotonic() - started) - RESERVED_SECONDS)
+        log.info("demo: training %s for fold %d within %.1f minutes", pipeline, FOLD, budget / 60)
+        with _timed(seconds, "train"):
+            folders = train(DATASET, pipeline, FOLD, time_budget_minutes=budget / 60, final_validation=False,
+                            device=device, seed=seed, continue_training=False)
+        predictions = workdir / "predictions"
+        with _timed(seconds, "predict"):
+            run = predict_folder(test / "imagesTr", predictions, num_workers=1, model=DATASET, pipeline=pipeline,
+                                 folds=[FOLD], device=device)
+            run.raise_for_failures()
+        with _timed(seconds, "evaluate"):
+            summary = evaluate_folders(test / "labelsTr", predictions, output=predictions / "summary.json",
+                                       profile="atlas", num_workers=num_workers)
+        with _timed(seconds, "overview"):
+            overview = plot_overview(_overview_cases(test, predictions, summary), _histories(folders),
+                                     workdir / "overview.png")
+    log.info("demo finished in %.0f s", time.monotonic() - started)
+    return DemoResult(workdir, pipeline, predictions, summary, overview, seconds)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    start = time.monotonic()
+    yield
+    seconds[step] = time.monotonic() - start
+    log.info("demo: %s took %.1f s", step, seconds[step])
+
+
+def _check_workdir(workdir: Path) -> None:
+    """Refuse a work folder that holds something other than a previous demo (the demo replaces its contents)."""
+    if not workdir.exists():
+        workdir.mkdir(parents=True)
+        return
+    if not workdir.is_dir():
+        raise LiversegError(f"{workdir}: --workdir must be a folder; give another path")
+    ours = {"raw", "preprocessed", "results", "test", "predictions", "overview.png"}
+    foreign = sorted(p.name for p in workdir.iterdir() if p.name not in ours)
+    if foreign:
+        raise LiversegError(f"{workdir}: holds {', '.join(foreign[:5])}, which the demo did not write; give an empty or "
+                            "new folder with --workdir (the demo replaces what it finds there)")
+    if not os.access(workdir, os.W_OK):
+        raise LiversegError(f"{workdir}: not writable; give another folder with --workdir")
+
+
+def _overview_cases(test: Path, predictions: Path, summary: dict[str, Any]) -> list[tuple[str, Path, Path, Path, str]]:
+    """The first few held-out cases with their files and a caption of their Dice."""
+    rows = []
+    for case in summary["per_case"][:OVERVIEW_CASES]:
+        name = case["case"]
+        liver, tumour = case["liver_dice"], case["tumor_dice"]
+        caption = f"liver Dice {liver:.3f}" + ("" if tumour is None else f", tumour {tumour:.3f}")
+        rows.append((name, test / "imagesTr" / f"{name}_0000.nii.gz", test / "labelsTr" / f"{name}.nii.gz",
+                     predictions / f"{name}.nii.gz", caption))
+    return rows
+
+
+def _histories(folders: list[Path]) -> dict[str, list[dict[str, Any]]]:
+    """Each trained model's per-epoch records, from its latest checkpoint."""
+    histories = {}
+    for folder in folders:
+        state = ckpt.load_checkpoint(folder / ckpt.LATEST)
+        histories[str(state.get("model") or folder.parent.name)] = list(state["history"])
+    return histories

@@ -1,0 +1,63 @@
+"""liverseg_demo end to end: real phantoms, plan, training, prediction, evaluation and the overview picture."""
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from liverseg.cli.demo import main
+from liverseg.demo.overview import overview_slice
+from liverseg.demo.run import DATASET, run_demo
+from liverseg.errors import LiversegError
+
+
+def test_overview_slice_is_the_one_with_most_tumour_else_most_liver():
+    label = np.zeros((5, 8, 8), np.uint8)
+    label[1, :6, :6] = 1          # most liver
+    label[3, :2, :2] = 2          # the only tumour
+    assert overview_slice(label) == 3
+    label[label == 2] = 1
+    assert overview_slice(label) == 1
+
+
+def test_tiny_demo_runs_every_step_and_reports_where_it_wrote(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LIVERSEG_RESULTS", raising=False)
+    workdir = tmp_path / "demo"
+    assert main(["--workdir", str(workdir), "--minutes", "0.1", "-n", "5", "--num-test", "2", "--size", "tiny",
+                 "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Dice" in out and "liverseg_plan -d ATLAS" in out and str(workdir / "overview.png") in out
+    predictions = workdir / "predictions"
+    cases = sorted(p.name for p in (workdir / "test" / "imagesTr").iterdir())
+    assert len(cases) == 2
+    for image in cases:
+        case = image.removesuffix("_0000.nii.gz")
+        source = sitk.ReadImage(str(workdir / "test" / "imagesTr" / image))
+        predicted = sitk.ReadImage(str(predictions / f"{case}.nii.gz"))
+        assert predicted.GetSize() == source.GetSize() and predicted.GetSpacing() == source.GetSpacing()
+        assert json.loads((predictions / f"{case}.lesions.json").read_text())["case_id"] == case
+    summary = json.loads((predictions / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and summary["profile"]["name"] == "atlas"
+    plan = json.loads((workdir / "preprocessed" / DATASET / "plans.json").read_text())
+    trained = workdir / "results" / DATASET / plan["recommended"]
+    assert all((folder / "fold_0" / "checkpoint_latest.pt").is_file() for folder in trained.iterdir())
+    picture = matplotlib.image.imread(workdir / "overview.png")
+    assert picture.shape[0] > 500 and picture[..., :3].std() > 0.05
+    assert "LIVERSEG_RESULTS" not in __import__("os").environ  # the demo's stores are not left behind
+
+
+def test_a_workdir_with_foreign_files_is_refused(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("mine")
+    assert main(["--workdir", str(tmp_path), "--size", "tiny"]) == 2
+    assert "thesis.tex" in capsys.readouterr().err
+    with pytest.raises(LiversegError, match="positive"):
+        run_demo(tmp_path / "other", minutes=0)
+
+
+@pytest.mark.slow
+def test_ten_minute_demo_segments_held_out_livers_above_0_9(tmp_path):
+    result = run_demo(tmp_path / "demo", minutes=10)
+    assert result.liver_dice > 0.9, result.report()
