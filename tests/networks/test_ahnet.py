@@ -2,28 +2,36 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from liverseg.data.phantom import generate_dataset
 from liverseg.errors import LiversegError
 from liverseg.inference.sliding_window import predict_sliding_window
+from liverseg.io.images import read_image
 from liverseg.networks import build_network
 from liverseg.networks.ahnet import AHNet, SliceInstanceNorm
 from liverseg.planning.memory import activation_count_bytes
+from liverseg.planning.plan_dataset import plan_dataset
 from liverseg.planning.plans import NetworkTopology
 from liverseg.planning.topology import NetworkSettings, derive_topology
+from liverseg.training import checkpoint as ckpt
 from liverseg.training.deep_supervision import DeepSupervisionLoss
 from liverseg.training.losses import build_loss
+from liverseg.training.run import train
 
 # Thick slices as the planner makes them: in-plane kernels first, z pooled in the last stages.
 ANISOTROPIC = dict(kernel_sizes=[[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
                    strides=[[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
                    features_per_stage=[4, 8, 16, 16, 16])
 ISOTROPIC = dict(kernel_sizes=[[3, 3, 3]] * 4, strides=[[1, 1, 1]] + [[2, 2, 2]] * 3, features_per_stage=[8, 16, 32, 32])
-TINY = dict(kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]], features_per_stage=[4, 8, 16])
+TINY = dict(kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+            features_per_stage=[4, 8, 16])
 
 
 def encoder_convs(net: nn.Module) -> list[nn.Conv3d]:
@@ -237,3 +245,28 @@ def test_works_with_the_trainers_loss_and_the_sliding_window():
     torch.testing.assert_close(probabilities.sum(0), torch.ones(7, 20, 24))
     assert net.deep_supervision  # restored after prediction
 
+
+
+def test_a_phantom_plan_edited_to_ahnet_trains_validates_and_reloads(stores: dict[str, Path]):
+    """The whole interface at once: trainer, deep-supervision loss, whole-case validation, checkpoint."""
+    dataset = "Dataset951_AhnetPhantom"
+    generate_dataset(stores["raw"] / dataset, 4, size="tiny")
+    plan_dataset(dataset, num_workers=1, preset="fast", verify=False)
+    path = stores["preprocessed"] / dataset / "plans.json"
+    content = json.loads(path.read_text())
+    content["pipelines"]["multiclass"]["models"]["multiclass"]["topology"]["network"] = "ahnet"
+    path.write_text(json.dumps(content))
+    folder = train(dataset, "multiclass", 0, epochs=1, iterations_per_epoch=2, validation_iterations=1, num_workers=0,
+                   threads=1, device="cpu")[0]
+    assert "validation phantom_" in (folder / "log.txt").read_text()
+    # The validation case was predicted whole (sliding window) and written on its original grid.
+    case = json.loads((folder / "validation" / "summary.json").read_text())["cases"][0]
+    predicted, _ = read_image(folder / "validation" / case["prediction"])
+    reference, _ = read_image(stores["raw"] / dataset / "labelsTr" / f"{case['case']}.nii.gz")
+    assert predicted.shape == reference.shape and set(np.unique(predicted)) <= {0, 1, 2}
+    saved = ckpt.load_checkpoint(folder / ckpt.LATEST)
+    assert saved["plan"]["pipelines"]["multiclass"]["models"]["multiclass"]["topology"]["network"] == "ahnet"
+    topology = NetworkTopology.from_dict(saved["plan"]["pipelines"]["multiclass"]["models"]["multiclass"]["topology"])
+    net = build_network("ahnet", 1, 3, **topology.network_kwargs())
+    ckpt.load_network_weights(net, saved, folder / ckpt.LATEST)
+    assert any(k.startswith("encoder.") and v.dim() == 5 and v.shape[2] == 1 for k, v in saved["network"].items())
