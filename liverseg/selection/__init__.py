@@ -8,6 +8,7 @@
 - :mod:`~liverseg.selection.scoring`: a candidate scored over the cases (with post-processing);
 - :mod:`~liverseg.selection.postprocessing_choice`: which post-processing steps help, decided on
   the cross-validation predictions;
+- :mod:`~liverseg.selection.report`: the tables the command prints;
 - :mod:`~liverseg.selection.find_best`: all of it, the table, ``find_best.json`` and the
   ``inference.json`` that ``liverseg_predict`` uses by default.
 """
