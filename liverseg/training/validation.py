@@ -12,7 +12,9 @@ are the labels; the liver model's class 1 becomes label 1, the whole liver; the 
 class 1 becomes label 2). Into ``validation/``: ``<case><file_ending>`` (the label map with the
 input's geometry), ``<case>.npz`` (``probabilities``: float16 ``(classes, Z, Y, X)`` on the
 original grid, for ensembling and model selection) and ``summary.json`` (per case and mean Dice of
-each model class against the raw reference label mapped the same way). The full ATLAS metrics
+each model class against the raw reference label mapped the same way; for a model whose loss is
+masked, such as the tumour model that only ever sees the dilated liver, both are counted inside
+that region of the reference only, ``"scored_within"`` in the summary says so). The full ATLAS metrics
 come from ``liverseg_evaluate``.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from liverseg.io.images import read_image
 from liverseg.planning.plans import ModelPlan
 from liverseg.preprocessing.case import load_preprocessed_case
 from liverseg.preprocessing.inverse import original_geometry, probabilities_to_original, write_prediction
+from liverseg.training.sampler import dilated_mask
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,8 @@ def validate_cases(
         "model": model.name,
         "classes": {str(c): name for c, name in enumerate(names, start=1)},
         "written_as_labels": {str(c): int(table[c]) for c in range(1, model.num_classes)},
+        "scored_within": "whole image" if model.loss_mask_dilation_mm is None else
+        f"labels {', '.join(map(str, model.loss_mask_labels))} of the reference dilated by {model.loss_mask_dilation_mm:g} mm",
         "mean": {
             "dice": {str(c): _mean([r["dice"][str(c)] for r in rows]) for c in range(1, model.num_classes)},
             "dice_foreground": _mean([r["dice_foreground"] for r in rows]),
@@ -161,13 +166,18 @@ def _scores(classes: np.ndarray, label_file: Path, model: ModelPlan) -> dict[str
     if not label_file.is_file():
         log.warning("%s: no reference label; Dice left empty", label_file)
         return {"dice": {str(c): None for c in range(1, model.num_classes)}, "dice_foreground": None}
-    reference, _ = read_image(label_file)
-    mapping = np.zeros(max(256, int(reference.max()) + 1), dtype=np.uint8)
+    raw, geometry = read_image(label_file)
+    mapping = np.zeros(max(256, int(raw.max()) + 1), dtype=np.uint8)
     for original, learned in model.learns.items():
         mapping[original] = learned
-    reference = mapping[reference.astype(np.int64)]
+    reference = mapping[raw.astype(np.int64)]
     if reference.shape != classes.shape:
         raise ValueError(f"{label_file}: reference of shape {reference.shape}, prediction {classes.shape}")
+    if model.loss_mask_dilation_mm is not None:
+        # A masked model (the tumour model) learned nothing outside its loss region, and its
+        # pipeline never uses its output there: score it where it is defined.
+        region = dilated_mask(raw, model.loss_mask_labels, model.loss_mask_dilation_mm, geometry.spacing)
+        reference, classes = np.where(region, reference, 0), np.where(region, classes, 0)
     scores = {str(c): _finite(dice(reference == c, classes == c)) for c in range(1, model.num_classes)}
     return {"dice": scores, "dice_foreground": _finite(dice(reference > 0, classes > 0))}
 

@@ -67,3 +67,27 @@ def test_deep_supervision_is_off_while_predicting_whole_cases_and_restored_after
     plain = nn.Conv3d(1, 2, 1)  # a network without deep supervision passes through untouched
     with single_output(plain) as same:
         assert same is plain
+
+
+def test_a_masked_model_is_scored_only_inside_its_loss_region(tmp_path):
+    """The tumour model never learned outside the dilated liver: false positives there do not count."""
+    import dataclasses
+
+    import SimpleITK as sitk
+
+    from liverseg.training.validation import _scores
+
+    reference = np.zeros((4, 20, 20), np.uint8)
+    reference[1:3, 2:8, 2:8] = 1          # liver
+    reference[1:3, 4:6, 4:6] = 2          # a tumour of 8 voxels inside it
+    label_file = tmp_path / "case.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(reference), str(label_file))
+    classes = np.zeros_like(reference)
+    classes[1:3, 4:6, 4:6] = 1            # the tumour found (8 voxels)
+    classes[1:3, 4:6, 6:7] = 1            # 4 false positive voxels in the liver
+    classes[0:4, 15:20, 15:20] = 1        # 100 false positive voxels far from the liver
+    tumour = dataclasses.replace(_model({2: 1}), loss_mask_labels=(1, 2), loss_mask_dilation_mm=2.0)
+    inside = _scores(classes, label_file, tumour)
+    assert inside["dice"]["1"] == pytest.approx(2 * 8 / (8 + 12), abs=1e-5)  # summaries round to 5 digits
+    unmasked = _scores(classes, label_file, _model({2: 1}))
+    assert unmasked["dice"]["1"] == pytest.approx(2 * 8 / (8 + 112), abs=1e-5)
