@@ -31,7 +31,7 @@ DEFAULT_SEED = 0
 # Values a resumed run takes from its checkpoint unless given again; where the run happens
 # (device, workers) and what to do now (continue, init_from, final validation) are not among them.
 RESUMED_FIELDS = ("epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every",
-                  "seed", "precision")
+                  "seed", "precision", "early_stopping_patience")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,11 @@ class TrainSettings:
     device. ``num_workers`` (augmentation processes) and ``threads`` (torch threads of the training
     process) of None are chosen for the device (:func:`resolve_workers`).
     ``time_budget_minutes`` shortens the schedule so the training epochs end within that many
-    minutes (:mod:`liverseg.training.budget`). ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
+    minutes (:mod:`liverseg.training.budget`). ``early_stopping_patience`` ends the run when the
+    online validation loss has not improved for that many epochs (0: never;
+    :mod:`liverseg.training.early_stopping`). ``stop_after_epoch`` pauses the run after that many
+    epochs without changing its schedule (a later ``continue_training`` goes on exactly as if it had
+    never paused; multi-seed selection trains its seeds rung by rung this way). ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
     from its first). ``explicit`` names the fields the user gave (the others came from the plan or
     the defaults).
     """
@@ -63,13 +67,16 @@ class TrainSettings:
     init_from: Path | None = None
     final_validation: bool = True
     time_budget_minutes: float | None = None
+    early_stopping_patience: int = 0
+    stop_after_epoch: int | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         for name, minimum in (("epochs", 1), ("iterations_per_epoch", 1), ("validation_iterations", 0), ("batch_size", 1),
-                              ("save_every", 1), ("seed", 0), ("num_workers", 0), ("threads", 1)):
+                              ("save_every", 1), ("seed", 0), ("num_workers", 0), ("threads", 1),
+                              ("early_stopping_patience", 0), ("stop_after_epoch", 1)):
             value = getattr(self, name)
-            if value is None and name in ("num_workers", "threads"):
+            if value is None and name in ("num_workers", "threads", "stop_after_epoch"):
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
                 raise LiversegError(f"{_option(name)} must be a whole number >= {minimum}; got {value!r}")
@@ -80,6 +87,9 @@ class TrainSettings:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
                                    or not math.isfinite(budget) or budget <= 0):
             raise LiversegError(f"{_option('time_budget_minutes')} must be a positive number of minutes; got {budget!r}")
+        if self.early_stopping_patience and not self.validation_iterations:
+            raise LiversegError(f"{_option('early_stopping_patience')} watches the online validation loss, and "
+                                f"{_option('validation_iterations')} is 0; give --val-iters 1 or more")
         if self.precision not in PRECISIONS:
             raise LiversegError(f"{_option('precision')} must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         device = str(self.device).lower()
@@ -114,6 +124,11 @@ class TrainSettings:
             "batch_size": model.batch_size,
         }
         return cls(**{**base, **given, "explicit": frozenset(given)})
+
+    @property
+    def end_epoch(self) -> int:
+        """The number of completed epochs after which this call of the trainer returns (``stop_after_epoch`` or the end)."""
+        return self.epochs if self.stop_after_epoch is None else min(self.epochs, self.stop_after_epoch)
 
     def resumed(self, saved: Mapping[str, Any], completed_epochs: int) -> "TrainSettings":
         """The settings of a run continued from a checkpoint saved with ``saved`` after ``completed_epochs``.
@@ -178,7 +193,8 @@ def check_plan_names(model: ModelPlan) -> None:
 
 _OPTIONS = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch", "validation_iterations": "--val-iters",
             "learning_rate": "--lr", "batch_size": "--batch-size", "save_every": "--save-every", "seed": "--seed",
-            "num_workers": "-np", "threads": "--threads", "time_budget_minutes": "--time-budget", "precision": "--precision", "device": "--device"}
+            "num_workers": "-np", "threads": "--threads", "time_budget_minutes": "--time-budget", "precision": "--precision", "device": "--device",
+            "early_stopping_patience": "--early-stopping"}
 
 
 def _option(name: str) -> str:

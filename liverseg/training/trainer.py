@@ -11,8 +11,10 @@
 3. **each epoch**: fresh batches (:func:`liverseg.training.data.training_batches`, seeded by the run
    seed and the epoch number, so an epoch's patches do not depend on whether the run was
    interrupted before it), the training iterations, the validation iterations (loss and pseudo-Dice),
-   one schedule step, the log line, ``progress.png``, and the checkpoints;
-4. **at the end**: whole-case prediction of the fold's validation cases
+   one schedule step, the log line, ``progress.png``, and the checkpoints; the loop ends early when
+   the validation loss stagnates (``early_stopping_patience``, :mod:`liverseg.training.early_stopping`)
+   and pauses, without changing the schedule, after ``stop_after_epoch`` epochs;
+4. **at the end** (not when paused): whole-case prediction of the fold's validation cases
    (:func:`liverseg.training.validation.validate_cases`).
 
 Precision and threads: on CUDA, ``auto`` trains under fp16 autocast with a gradient scaler
@@ -60,6 +62,8 @@ from liverseg.training import checkpoint as ckpt
 from liverseg.training.budget import epochs_within_budget
 from liverseg.training.data import training_batches
 from liverseg.training.deep_supervision import DeepSupervisionLoss
+from liverseg.training.early_stopping import describe as describe_early_stop
+from liverseg.training.early_stopping import early_stop
 from liverseg.training.history import format_record, mean_dice, plot_progress, update_ema
 from liverseg.training.losses import build_loss
 from liverseg.training.optim import build_lr_schedule, build_optimizer, clip_gradients
@@ -86,12 +90,13 @@ class TrainingParts:
 
 @dataclass
 class RunState:
-    """Where the run is: epochs done, pseudo-Dice moving average (now and best) and the per-epoch records."""
+    """Where the run is: epochs done, pseudo-Dice moving average (now and best), the per-epoch records, an early stop."""
 
     epoch: int = 0
     ema_dice: float | None = None
     best_ema_dice: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    early_stop: dict[str, Any] | None = None
 
 
 def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str | Path, settings: TrainSettings,
@@ -122,7 +127,11 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                  parts.autocast or torch.float32, settings.threads, settings.num_workers)
         if state.epoch >= settings.epochs:
             log.info("all %d epochs are done (give more with --epochs to train longer)", settings.epochs)
-        while state.epoch < settings.epochs:
+        state.early_stop = early_stop(state.history, settings.early_stopping_patience)
+        if state.early_stop is not None:  # a continued run that had stopped early stays stopped
+            log.info("%s; to train on, continue with a larger --early-stopping or with --early-stopping 0",
+                     describe_early_stop(state.early_stop))
+        while state.epoch < settings.end_epoch and state.early_stop is None:
             record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, state.epoch)
             state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
             record["ema_dice"] = state.ema_dice
@@ -130,15 +139,23 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
             state.epoch += 1
             log.info(format_record(record, names))
             settings = fit_schedule_to_budget(parts, state, settings)
+            state.early_stop = early_stop(state.history, settings.early_stopping_patience)
+            if state.early_stop is not None:
+                log.info(describe_early_stop(state.early_stop))
             plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
             save_checkpoints(parts, state, plan, model, fold, settings, pipeline, results_dir)
         summary = None
-        if settings.final_validation and final_val:
+        paused = state.epoch < settings.epochs and state.early_stop is None
+        if paused:
+            log.info("paused after epoch %d of %d (stop_after_epoch); continue the run to go on", state.epoch,
+                     settings.epochs)
+        if settings.final_validation and final_val and not paused:
             raw = RawDataset(raw_root() / plan.dataset)
             summary = validate_cases(parts.network, model, plan.labels, data_folder, raw, final_val, results_dir, device,
                                      {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
     return {"results_dir": str(results_dir), "epochs": state.epoch, "ema_dice": state.ema_dice,
-            "best_ema_dice": state.best_ema_dice, "history": state.history, "validation": summary}
+            "best_ema_dice": state.best_ema_dice, "history": state.history, "validation": summary,
+            "early_stopping": state.early_stop}
 
 
 def fit_schedule_to_budget(parts: TrainingParts, state: RunState, settings: TrainSettings) -> TrainSettings:
@@ -319,12 +336,13 @@ def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: M
                      settings: TrainSettings, pipeline: str | None, results_dir: Path) -> None:
     """Write checkpoint_best.pt when the pseudo-Dice average improved, checkpoint_latest.pt as ``save_every`` says.
 
-    The latest checkpoint is written every ``save_every`` epochs and after the last one.
+    The latest checkpoint is written every ``save_every`` epochs and after the last one (the end of
+    the schedule, ``stop_after_epoch``, or an early stop).
     """
     improved = state.ema_dice is not None and (state.best_ema_dice is None or state.ema_dice > state.best_ema_dice)
     if improved:
         state.best_ema_dice = state.ema_dice
-    latest = state.epoch % settings.save_every == 0 or state.epoch == settings.epochs
+    latest = state.epoch % settings.save_every == 0 or state.epoch >= settings.end_epoch or state.early_stop is not None
     if not (improved or latest):
         return
     content = {
@@ -333,6 +351,7 @@ def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: M
         "epoch": state.epoch, "ema_dice": state.ema_dice, "best_ema_dice": state.best_ema_dice, "rng": ckpt.rng_states(),
         "history": state.history, "plan": plan.to_dict(), "pipeline": pipeline, "model": model.name,
         "model_plan": model.to_dict(), "fold": fold, "settings": settings.to_dict(),
+        "early_stopping": state.early_stop,
     }
     for name, wanted in ((ckpt.BEST, improved), (ckpt.LATEST, latest)):
         if wanted:
