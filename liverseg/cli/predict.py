@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-i", "--input", required=True, help="folder of images, one image file, or a DICOM series folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     models = parser.add_argument_group("models")
-    models.add_argument("-d", "--dataset", default=None, help="dataset name, folder name or id under $LIVERSEG_RESULTS")
+    models.add_argument("-d", "--dataset", default=None, help="dataset name, folder name or id under $LIVERSEG_RESULTS (default: the only trained one)")
     models.add_argument("-m", "--model-folder", default=None, help="a results folder instead of -d: <Dataset>, "
-                        "<Dataset>/<pipeline>, <Dataset>/<pipeline>/<model> (that model alone) or a fold folder")
+                        "<Dataset>/<pipeline>, <Dataset>/<pipeline>/<model> (that model alone) or a fold folder (default: none, use -d)")
     models.add_argument("-c", "--pipeline", nargs="+", default=None, help="pipeline (multiclass, dual_binary, cascade, "
                         "...), or several: an ensemble averaging their label probabilities; default: inference.json's "
                         "(written by liverseg_find_best), else the plan's recommended one")
@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-np", "--num-workers", type=int, default=1, help="threads reading and preprocessing the next cases "
                      "while the network runs (0: one case after the other; default %(default)s)")
     run.add_argument("--continue", dest="continue_", action="store_true", help="skip cases whose outputs are complete")
-    run.add_argument("--part-id", type=int, default=0, help="this job's part (0-based) of --num-parts")
+    run.add_argument("--part-id", type=int, default=0, help="this job's part (0-based) of --num-parts (default %(default)s)")
     run.add_argument("--num-parts", type=int, default=1, help="split the sorted cases into this many parts (e.g. a SLURM "
-                     "array: --part-id $SLURM_ARRAY_TASK_ID --num-parts $SLURM_ARRAY_TASK_COUNT)")
+                     "array: --part-id $SLURM_ARRAY_TASK_ID --num-parts $SLURM_ARRAY_TASK_COUNT; default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset name, folder name or id (e.g. ATLAS, Dataset501_ATLAS, 501)")
     parser.add_argument("-c", "--pipeline", required=True, help="pipeline of plans.json: multiclass, dual_binary, cascade, ...")
     parser.add_argument("-f", "--fold", required=True, help="fold of splits.json (0, 1, ...), or 'all' to train on every case")
-    parser.add_argument("-m", "--model", default=None, help="train only this model of the pipeline (e.g. tumour)")
+    parser.add_argument("-m", "--model", default=None, help="train only this model of the pipeline (e.g. tumour; default: every model)")
     parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto: a GPU if torch "
                         "sees one)")
     parser.add_argument("--continue", dest="continue_training", action="store_true", help="resume from the newest checkpoint "
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "at most 8)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="auto (default): fp16 mixed precision on a GPU, "
                         "bf16 on a CPU with native bf16 (avx512_bf16/AMX), else fp32; fp32; or bf16 mixed precision")
-    parser.add_argument("--init-from", default=None, help="checkpoint whose network weights start this run (same architecture)")
+    parser.add_argument("--init-from", default=None, help="checkpoint whose network weights start this run (same architecture; default: random "
+                        "initialisation)")
     parser.add_argument("--init-stage2-from-stage1", action="store_true", help="cascade: start the second stage from the "
                         "first stage's weights when the networks match")
     parser.add_argument("--no-final-validation", dest="final_validation", action="store_false", default=None,
