@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "first stage's weights when the networks match")
     parser.add_argument("--no-final-validation", dest="final_validation", action="store_false", default=None,
                         help="skip predicting the validation cases at the end")
+    parser.add_argument("--early-stopping", dest="early_stopping_patience", type=int, default=None, metavar="PATIENCE",
+                        help="end the run when the validation loss (on the fold's inner validation cases) has not "
+                        "improved for PATIENCE epochs (the ATLAS paper used 30); 0 turns it off (default: off)")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N", help="train N seeds (--seed, --seed+1, ...) by "
+                        "successive halving on the whole-case validation Jaccard and keep the best as the fold's model "
+                        "(default: one seed, no selection)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the training process (default: on a CPU "
                         "the cores the augmentation workers leave, at least 1; on a GPU every core)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -64,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     overrides = {key: getattr(args, key) for key in (
         "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
-        "num_workers", "threads", "precision", "init_from", "final_validation", "time_budget_minutes")}
+        "num_workers", "threads", "precision", "init_from", "final_validation", "time_budget_minutes",
+        "early_stopping_patience")}
 
     def body() -> int:
         folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
-                        init_stage2_from_stage1=args.init_stage2_from_stage1, device=args.device,
+                        init_stage2_from_stage1=args.init_stage2_from_stage1, seeds=args.seeds, device=args.device,
                         continue_training=args.continue_training or None, **overrides)
         print("\n".join(str(f) for f in folders))
         return 0

@@ -7,7 +7,8 @@ logs into its ``log.txt`` as well as to the console, and calls
 :func:`liverseg.training.trainer.train_model`. A cascade's stages train in order, the coarse stage
 first; with ``init_stage2_from_stage1`` the fine stage starts from the coarse stage's final
 weights when the two networks have the same architecture (the cascade paper initialised its
-second network this way), and from scratch otherwise.
+second network this way), and from scratch otherwise. With ``seeds`` above 1 each model is chosen
+among that many seeds by successive halving (:mod:`liverseg.training.seeds`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from liverseg.paths import dataset_folder_name, preprocessed_root, results_root
 from liverseg.planning.plans import PLANS_FILE, ModelPlan, PipelineSpec, Plan, load_plan
 from liverseg.training.budget import budget_shares
 from liverseg.training.checkpoint import LATEST, architectures_match, load_checkpoint
+from liverseg.training.seeds import check_seed_settings, train_seeds
 from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import fold_cases, preprocessed_folder, train_model
 
@@ -36,14 +38,15 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None, init_stage2_from_stage1: bool = False,
-          **overrides: Any) -> list[Path]:
+          seeds: int | None = None, **overrides: Any) -> list[Path]:
     """Train ``pipeline``'s models (or only ``model``) of ``dataset`` on ``fold``; returns their results folders.
 
     ``fold`` is a fold number of splits.json or ``"all"``. ``overrides`` are
     :class:`~liverseg.training.settings.TrainSettings` fields (``epochs``, ``learning_rate``,
     ``batch_size``, ``continue_training``, ...); None means "as the plan says". A
     ``time_budget_minutes`` is shared by the models in proportion to their planned work
-    (:mod:`liverseg.training.budget`).
+    (:mod:`liverseg.training.budget`). ``seeds`` > 1 trains each model as a multi-seed selection
+    (:func:`liverseg.training.seeds.train_seeds`).
     """
     name = dataset_folder_name(dataset)
     plans_path = preprocessed_root() / name / PLANS_FILE
@@ -57,6 +60,7 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
             settings[m.name] = TrainSettings.from_overrides(m, **overrides)
         except LiversegError as e:
             raise LiversegError(f"{plans_path}: pipelines.{spec.name}.models.{m.name}: {e}") from None
+        check_seed_settings(settings[m.name], 1 if seeds is None else seeds)
         fold_cases(plan, preprocessed_folder(plan, m), fold)
         if init_stage2_from_stage1 and m.roi is not None and m.roi.from_model not in [o.name for o in models]:
             _stage1_checkpoint(results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}", m)
@@ -77,7 +81,10 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
                 model_settings = _with_stage1_weights(plan, m, stage1, model_settings)
             log.info("liverseg_train: dataset %s, pipeline %s, model %s, fold %s, settings %s", name, spec.name, m.name, fold,
                      model_settings.to_dict())
-            train_model(plan, m, fold, folder, model_settings, pipeline=spec.name)
+            if seeds is not None and seeds > 1:
+                train_seeds(plan, m, fold, folder, model_settings, seeds, pipeline=spec.name)
+            else:
+                train_model(plan, m, fold, folder, model_settings, pipeline=spec.name)
         folders.append(folder)
     return folders
 
