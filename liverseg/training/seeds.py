@@ -190,7 +190,10 @@ def _start_or_resume(folder: Path, settings: TrainSettings, num_seeds: int, abou
     path = folder / STATE_FILE
     seeds = [settings.seed + i for i in range(num_seeds)]
     if settings.continue_training and path.is_file():
-        state = read_json(path)
+        try:
+            state = read_json(path)
+        except (OSError, ValueError) as e:
+            raise LiversegError(f"{path}: cannot be read ({e}); delete the folder {folder} to start the selection anew") from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise LiversegError(f"{path}: not a liverseg seed selection; delete the folder {folder} to start the selection anew")
         if len(state["seeds"]) != num_seeds or ("seed" in settings.explicit and state["seeds"] != seeds):

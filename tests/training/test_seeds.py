@@ -188,6 +188,14 @@ def test_settings_that_cannot_go_with_a_selection_are_refused(tiny, tmp_path, ca
     with pytest.raises(LiversegError, match="stop_after_epoch is set by the seed selection itself"):
         check_seed_settings(TrainSettings.from_overrides(model, stop_after_epoch=2), 2)
     check_seed_settings(TrainSettings.from_overrides(model, time_budget_minutes=5), 1)  # one seed: an ordinary run
+    broken = tmp_path / "broken" / SEEDS_FOLDER
+    broken.mkdir(parents=True)
+    (broken / STATE_FILE).write_text('{"seeds": [0, 1')  # e.g. a hand edit gone wrong
+    with pytest.raises(LiversegError, match=r"selection.json: cannot be read \(.*\); delete the folder .*seeds to start"):
+        train_seeds(tiny[0], model, 0, tmp_path / "broken", TrainSettings.from_overrides(model, continue_training=True), 2)
+    (broken / STATE_FILE).write_text('{"format": "something else"}')
+    with pytest.raises(LiversegError, match="selection.json: not a liverseg seed selection"):
+        train_seeds(tiny[0], model, 0, tmp_path / "broken", TrainSettings.from_overrides(model, continue_training=True), 2)
     assert main(["-d", DATASET, "-c", "multiclass", "-f", "0", "--seeds", "3", "--time-budget", "2"]) == 2
     assert "error: --time-budget shortens each run" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()  # refused before anything was written
