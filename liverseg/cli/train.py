@@ -1,10 +1,16 @@
-"""liverseg_train: train the models of a planned pipeline on one cross-validation fold."""
+"""liverseg_train: train the models of a planned pipeline on one cross-validation fold.
+
+Runs under torchrun as well (``torchrun --nproc_per_node N -m liverseg.cli.train ...``: one
+process per GPU, :mod:`liverseg.training.distributed`); ``--ddp N`` starts torchrun on this machine.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from liverseg.cli.common import run_command, setup_logging
 from liverseg.inference.device import DEVICE_CHOICES
+from liverseg.training import distributed
 from liverseg.training.run import train
 from liverseg.training.settings import PRECISIONS
 
@@ -60,24 +66,46 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: one seed, no selection)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the training process (default: on a CPU "
                         "the cores the augmentation workers leave, at least 1; on a GPU every core)")
+    parser.add_argument("--ddp", type=int, default=None, metavar="N", help="train with N processes on this machine "
+                        "(PyTorch DDP: one per GPU, or N CPU processes): starts torchrun --standalone --nproc_per_node N "
+                        "with the other options; the plan's batch (or --batch-size) is split over them. Several machines: "
+                        "run torchrun yourself (docs/training.md) (default: one process)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
+def _without_ddp(argv: list[str]) -> list[str]:
+    """The command line without ``--ddp N`` / ``--ddp=N``: what each torchrun process gets."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ddp":
+            skip = True
+        elif not arg.startswith("--ddp="):
+            kept.append(arg)
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of liverseg_train."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.ddp is not None:
+        return run_command(lambda: distributed.launch(args.ddp, _without_ddp(argv)))
     overrides = {key: getattr(args, key) for key in (
         "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
         "num_workers", "threads", "precision", "init_from", "final_validation", "time_budget_minutes",
         "early_stopping_patience")}
 
     def body() -> int:
-        folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
-                        init_stage2_from_stage1=args.init_stage2_from_stage1, seeds=args.seeds, device=args.device,
-                        continue_training=args.continue_training or None, **overrides)
-        print("\n".join(str(f) for f in folders))
+        with distributed.process_group(args.device):
+            folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
+                            init_stage2_from_stage1=args.init_stage2_from_stage1, seeds=args.seeds, device=args.device,
+                            continue_training=args.continue_training or None, **overrides)
+            if distributed.is_main():
+                print("\n".join(str(f) for f in folders))
         return 0
 
     return run_command(body)

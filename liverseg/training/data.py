@@ -21,6 +21,12 @@ seeded the same way; with ``num_workers=0`` it draws from the caller's global nu
 (:mod:`liverseg.training.background`), so seed those too for bit-identical batches. Validation
 runs in one worker at most (zero when ``num_workers`` is 0), so its batches arrive in the same
 order every time and are identical with and without workers.
+
+Several training processes (DDP, ``shard=(rank, processes)``): ``batch_size`` is this process'
+part of the global batch; its loaders are sharded (:class:`~liverseg.training.patch_loader.PatchLoader`:
+the centre kinds of the global batch are shared, cases and centres are the process' own) and its
+augmentation workers are seeded with :func:`liverseg.training.distributed.rank_seed`, so the
+processes train and validate on different patches.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from liverseg.planning.spacing import ANISOTROPY_THRESHOLD
 from liverseg.preprocessing.normalize import scheme_for_channel
 from liverseg.training.augmentation import build_training_transforms, build_validation_transforms, sampling_region_size
 from liverseg.training.background import background_augmenter
+from liverseg.training.distributed import rank_seed
 from liverseg.training.patch_loader import PatchLoader
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,7 @@ def training_batches(
     num_workers: int,
     seed_stream: int = 0,
     batch_size: int | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Iterator[dict], Iterator[dict]]]:
     """Yield ``(train_batches, val_batches)``, endless iterators of batches for ``model``; stop the workers on exit.
 
@@ -98,7 +106,8 @@ def training_batches(
     model's preprocessed cases. ``num_workers`` background processes augment the training
     batches (0: in this process); ``seed_stream`` separates restarts of one run (e.g. the epoch a
     resumed run starts at); ``batch_size`` overrides the plan's. With no ``val_cases``,
-    ``val_batches`` is empty. Sampling and augmentation settings: module docstring.
+    ``val_batches`` is empty. ``shard`` ``(rank, processes)``: this process' part of a DDP run.
+    Sampling and augmentation settings: module docstring.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
@@ -108,8 +117,9 @@ def training_batches(
     anisotropic = is_anisotropic(spec.target_spacing)
     region = sampling_region_size(patch, anisotropic)
     train_stream, val_stream = 2 * seed_stream, 2 * seed_stream + 1
-    train_loader = PatchLoader(data_folder, train_cases, model, region, seed, train_stream, batch_size)
-    val_loader = PatchLoader(data_folder, val_cases, model, patch, seed, val_stream, batch_size) if val_cases else None
+    train_loader = PatchLoader(data_folder, train_cases, model, region, seed, train_stream, batch_size, shard)
+    val_loader = PatchLoader(data_folder, val_cases, model, patch, seed, val_stream, batch_size, shard) if val_cases else None
+    augmentation_seed = seed if shard is None else rank_seed(seed, shard[0])
     transforms = build_training_transforms(patch, anisotropic, mirror_axes=IN_PLANE_AXES if anisotropic else ALL_AXES,
                                            bias_field=is_mri(plan), slice_thickness=anisotropic)
     has_mask = model.loss_mask_dilation_mm is not None
@@ -117,11 +127,11 @@ def training_batches(
              model.name, list(patch), list(region), "anisotropic" if anisotropic else "isotropic", train_loader.batch_size,
              len(train_cases), len(val_cases), num_workers)
     with contextlib.ExitStack() as stack:
-        train = stack.enter_context(background_augmenter(train_loader, transforms, num_workers, seed=seed,
+        train = stack.enter_context(background_augmenter(train_loader, transforms, num_workers, seed=augmentation_seed,
                                                          seed_stream=train_stream))
         val = None
         if val_loader is not None:
             val_transforms = build_validation_transforms(patch)
-            val = stack.enter_context(background_augmenter(val_loader, val_transforms, min(num_workers, 1), seed=seed,
-                                                           seed_stream=val_stream))
+            val = stack.enter_context(background_augmenter(val_loader, val_transforms, min(num_workers, 1),
+                                                           seed=augmentation_seed, seed_stream=val_stream))
         yield _Batches(train, has_mask), _Batches(val, has_mask)

@@ -22,6 +22,15 @@ the region is padded beyond it, as the predictor pads the crop it gets from stag
 
 Randomness comes from the loader's own ``numpy.random.Generator``, seeded from ``(seed, stream,
 worker)``: worker 0 and the in-process loader draw the same sequence, the other workers their own.
+
+Several training processes (DDP, ``shard=(rank, processes)``): each process' loader makes its
+slice of a global batch of ``batch_size * processes`` patches. The kinds of centres of the global
+batch are drawn with a generator seeded without the rank, the same in every process, and each
+process takes its slice, so the union follows the plan's ratios as one batch would; cases and
+centres come from a generator seeded with the rank, so the processes sample different patches.
+The slices of one global draw meet in the same step when each process has 0 or 1 augmentation
+worker; with more, batches arrive in the order the workers finish and the ratios hold over a few
+steps instead.
 Case arrays are opened memory-mapped on first use and the handles kept per process (never
 pickled to the workers: each opens its own).
 """
@@ -56,6 +65,8 @@ log = logging.getLogger(__name__)
 Box = tuple[tuple[int, int], ...]
 # First spawn key of the loaders' seeds: keeps them apart from the augmentation workers' seeds of the same run seed.
 _LOADER_KEY = 0x6C6F6164
+# Spawn keys of a sharded loader: the rank's own generator, and the kinds generator all ranks share.
+_RANK_KEY, _KINDS_KEY = 0x72616E6B, 0x6B696E64
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,14 @@ class PatchLoader(DataLoader):
     ``region_size`` is the patch plus what augmentation needs around it
     (:func:`liverseg.training.augmentation.sampling_region_size`; the patch itself for
     validation). Centres are placed for the model's patch size. ``seed`` and ``stream`` make the
-    sampling reproducible (module docstring); ``batch_size`` defaults to the model's.
+    sampling reproducible (module docstring); ``batch_size`` defaults to the model's. ``shard``
+    ``(rank, processes)`` makes this loader one process' part of a global batch (module docstring;
+    ``batch_size`` is then the part's size).
     """
 
     def __init__(self, folder: str | Path, cases: Sequence[str], model: ModelPlan, region_size: Sequence[int],
-                 seed: int, stream: int = 0, batch_size: int | None = None) -> None:
+                 seed: int, stream: int = 0, batch_size: int | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
         batch_size = int(batch_size if batch_size is not None else model.batch_size)
         super().__init__(list(cases), batch_size, num_threads_in_multithreaded=1, infinite=True)
         self.folder = Path(folder)
@@ -105,17 +119,38 @@ class PatchLoader(DataLoader):
             raise ValueError(f"region size {list(region_size)} must be (z, y, x) and at least the patch size "
                              f"{list(self.patch_size)}")
         self.seed, self.stream = int(seed), int(stream)
+        if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (rank, processes) with 0 <= rank < processes, got {shard}")
+        self.shard = None if shard is None else (int(shard[0]), int(shard[1]))
         check_cases(self.folder, self.cases)
         self._cache: dict[str, _Case] = {}
         self.rng = self._generator(0)
+        self.kinds_rng = self._kinds_generator(0)
 
     def _generator(self, worker: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_LOADER_KEY, self.stream, worker)))
+        key: tuple[int, ...] = (_LOADER_KEY, self.stream, worker)
+        if self.shard is not None:
+            key += (_RANK_KEY, self.shard[0])
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=key))
+
+    def _kinds_generator(self, worker: int) -> np.random.Generator | None:
+        if self.shard is None:
+            return None
+        return np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(_KINDS_KEY, self.stream, worker)))
 
     def set_thread_id(self, thread_id: int) -> None:
         """Called once in each worker process: give the worker its own random stream."""
         super().set_thread_id(thread_id)
         self.rng = self._generator(thread_id)
+        self.kinds_rng = self._kinds_generator(thread_id)
+
+    def batch_kinds(self) -> list[str]:
+        """The kinds of centres of the next batch (:func:`~liverseg.training.sampler.draw_kinds`; a slice when sharded)."""
+        if self.shard is None:
+            return draw_kinds(self.model.sampling, self.batch_size, self.rng)
+        index, processes = self.shard
+        kinds = draw_kinds(self.model.sampling, self.batch_size * processes, self.kinds_rng)
+        return kinds[index * self.batch_size:(index + 1) * self.batch_size]
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -125,7 +160,7 @@ class PatchLoader(DataLoader):
     def generate_train_batch(self) -> dict[str, Any]:
         """One batch: ``batch_size`` cases drawn uniformly, one region each (module docstring)."""
         picks = self.rng.integers(len(self.cases), size=self.batch_size)
-        kinds = draw_kinds(self.model.sampling, self.batch_size, self.rng)
+        kinds = self.batch_kinds()
         samples = [self.sample(self.cases[i], kind) for i, kind in zip(picks, kinds)]
         return {
             "data": np.stack([s.image for s in samples]),

@@ -8,7 +8,8 @@ logs into its ``log.txt`` as well as to the console, and calls
 first; with ``init_stage2_from_stage1`` the fine stage starts from the coarse stage's final
 weights when the two networks have the same architecture (the cascade paper initialised its
 second network this way), and from scratch otherwise. With ``seeds`` above 1 each model is chosen
-among that many seeds by successive halving (:mod:`liverseg.training.seeds`).
+among that many seeds by successive halving (:mod:`liverseg.training.seeds`). Under torchrun
+(several processes, :mod:`liverseg.training.distributed`) only rank 0 copies plans.json and writes log.txt.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from liverseg.io.atomic import atomic_output
 from liverseg.networks import build_network
 from liverseg.paths import dataset_folder_name, preprocessed_root, results_root
 from liverseg.planning.plans import PLANS_FILE, ModelPlan, PipelineSpec, Plan, load_plan
+from liverseg.training import distributed
 from liverseg.training.budget import budget_shares
 from liverseg.training.checkpoint import LATEST, architectures_match, load_checkpoint
 from liverseg.training.seeds import check_seed_settings, train_seeds
@@ -69,13 +71,14 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
     for index, m in enumerate(models):
         folder = results_root() / name / spec.name / m.name / f"fold_{fold}"
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_output(folder / PLANS_FILE) as tmp:
-            shutil.copyfile(plans_path, tmp)
+        if distributed.is_main():  # under DDP rank 0 writes the files
+            with atomic_output(folder / PLANS_FILE) as tmp:
+                shutil.copyfile(plans_path, tmp)
         model_settings = settings[m.name]
         if model_settings.time_budget_minutes is not None and len(models) > 1:
             model_settings = _budget_share(models[index:], settings, model_settings.time_budget_minutes * 60
                                            - (time.monotonic() - started))
-        with log_file(folder / LOG_FILE):
+        with log_file(folder / LOG_FILE) if distributed.is_main() else contextlib.nullcontext():
             if init_stage2_from_stage1 and m.roi is not None and not model_settings.continue_training:
                 stage1 = results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}"
                 model_settings = _with_stage1_weights(plan, m, stage1, model_settings)

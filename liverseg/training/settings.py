@@ -154,13 +154,14 @@ class TrainSettings:
         return d
 
 
-def resolve_workers(settings: TrainSettings, device: torch.device) -> TrainSettings:
+def resolve_workers(settings: TrainSettings, device: torch.device, cpus: int | None = None) -> TrainSettings:
     """``settings`` with augmentation workers and torch threads chosen for ``device`` where they are None.
 
     CPU: one worker when there are at least two cores, the network gets the other cores. CUDA: a
-    worker per core but one (at most 8), torch keeps every core.
+    worker per core but one (at most 8), torch keeps every core. ``cpus`` is the number of cores
+    this process may use (default: all it sees; a DDP process gets its share of the machine).
     """
-    cpus = available_cpus()
+    cpus = available_cpus() if cpus is None else max(1, int(cpus))
     workers = settings.num_workers
     if workers is None:
         workers = min(8, max(1, cpus - 1)) if device.type == "cuda" else min(1, cpus - 1)

@@ -30,6 +30,15 @@ splits.json has them (a model-selection set that the final validation never sees
 ``val`` cases as nnU-Net does. Fold ``"all"`` trains on every case; its online validation then
 draws patches from the training cases (a measure of fit, not of generalisation) and there is no
 final validation.
+
+Several processes (PyTorch DDP, started by torchrun; :mod:`liverseg.training.distributed`): the
+plan's batch is the global batch, split evenly over the processes; the network is wrapped in
+DistributedDataParallel, the loss is that of the concatenated batch, so a step updates the
+weights as one process would on the whole batch; validation counts are summed over the processes
+and every process keeps the same history (so early stopping and the time budget decide alike).
+Only rank 0 writes checkpoints, ``progress.png`` and the final validation. Checkpoints hold every
+process' random states (``rng_ranks``): a run continued with as many processes restores each one's;
+with another number of processes the other ranks are seeded from the seed, their rank and the epoch.
 """
 from __future__ import annotations
 
@@ -50,7 +59,6 @@ from tqdm import tqdm
 
 from liverseg.data.splits import read_splits
 from liverseg.errors import LiversegError
-from liverseg.inference.device import resolve_device
 from liverseg.io.atomic import remove_stale_temporaries
 from liverseg.io.dataset import RawDataset
 from liverseg.networks import build_network
@@ -59,6 +67,7 @@ from liverseg.planning.plan_dataset import SPLITS_FILE
 from liverseg.planning.plans import ModelPlan, Plan
 from liverseg.preprocessing.run import preprocessed_cases
 from liverseg.training import checkpoint as ckpt
+from liverseg.training import distributed
 from liverseg.training.budget import epochs_within_budget
 from liverseg.training.data import training_batches
 from liverseg.training.deep_supervision import DeepSupervisionLoss
@@ -107,17 +116,21 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
     ``validation/``; see the module docstring for the steps.
     """
     results_dir = Path(results_dir)
+    distributed.init_from_environment(settings.device)
+    settings = distributed.broadcast_object(settings)  # rank 0's (e.g. its share of a time budget) on every process
     results_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(results_dir)
+    if distributed.is_main():
+        remove_stale_temporaries(results_dir)
     data_folder = preprocessed_folder(plan, model)
     train_cases, online_val, final_val = fold_cases(plan, data_folder, fold)
-    device = resolve_device(settings.device)
+    device = distributed.training_device(settings.device)
     resumed = ckpt.newest_checkpoint(results_dir) if settings.continue_training else None
     if settings.continue_training and resumed is None:
         log.warning("--continue: no checkpoint in %s yet, starting from the beginning", results_dir)
     if resumed is not None:
         settings = settings.resumed(resumed[1]["settings"], resumed[1]["epoch"])
-    settings = resolve_workers(settings, device)
+    per_process = distributed.per_rank_batch(settings.batch_size)
+    settings = resolve_workers(settings, device, distributed.cpus_per_process())
     with torch_threads(settings.threads):
         parts, state = start_run(model, len(plan.channel_names), settings, device, resumed)
         names = class_names(model, plan.labels)
@@ -125,6 +138,8 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                  "%s (%s, %d thread(s), %d augmentation worker(s))", model.name, fold, len(train_cases), len(online_val),
                  state.epoch, settings.epochs, settings.iterations_per_epoch, settings.batch_size, device,
                  parts.autocast or torch.float32, settings.threads, settings.num_workers)
+        if distributed.is_distributed():
+            log.info("%d processes train together, %d patch(es) of the batch each", distributed.world_size(), per_process)
         if state.epoch >= settings.epochs:
             log.info("all %d epochs are done (give more with --epochs to train longer)", settings.epochs)
         state.early_stop = early_stop(state.history, settings.early_stopping_patience)
@@ -133,6 +148,7 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
                      describe_early_stop(state.early_stop))
         while state.epoch < settings.end_epoch and state.early_stop is None:
             record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, state.epoch)
+            record = distributed.broadcast_object(record)  # one history on every process: the same decisions
             state.ema_dice = update_ema(state.ema_dice, mean_dice(record["pseudo_dice"] or []))
             record["ema_dice"] = state.ema_dice
             state.history.append(record)
@@ -142,17 +158,18 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
             state.early_stop = early_stop(state.history, settings.early_stopping_patience)
             if state.early_stop is not None:
                 log.info(describe_early_stop(state.early_stop))
-            plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
+            if distributed.is_main():
+                plot_progress(state.history, names, results_dir / PROGRESS_PLOT)
             save_checkpoints(parts, state, plan, model, fold, settings, pipeline, results_dir)
         summary = None
         paused = state.epoch < settings.epochs and state.early_stop is None
         if paused:
             log.info("paused after epoch %d of %d (stop_after_epoch); continue the run to go on", state.epoch,
                      settings.epochs)
-        if settings.final_validation and final_val and not paused:
+        if settings.final_validation and final_val and not paused and distributed.is_main():
             raw = RawDataset(raw_root() / plan.dataset)
-            summary = validate_cases(parts.network, model, plan.labels, data_folder, raw, final_val, results_dir, device,
-                                     {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
+            summary = validate_cases(distributed.unwrap(parts.network), model, plan.labels, data_folder, raw, final_val,
+                                     results_dir, device, {"auto": "auto", "fp32": False, "bf16": True}[settings.precision])
     return {"results_dir": str(results_dir), "epochs": state.epoch, "ema_dice": state.ema_dice,
             "best_ema_dice": state.best_ema_dice, "history": state.history, "validation": summary,
             "early_stopping": state.early_stop}
@@ -174,14 +191,16 @@ def fit_schedule_to_budget(parts: TrainingParts, state: RunState, settings: Trai
 def start_run(model: ModelPlan, in_channels: int, settings: TrainSettings, device: torch.device,
               resumed: tuple[Path, dict[str, Any]] | None) -> tuple[TrainingParts, RunState]:
     """Seeded parts and the state to start from: a checkpoint's, or epoch 0 (with ``init_from``'s weights if given)."""
-    seed_everything(settings.seed)
+    seed_everything(distributed.rank_seed(settings.seed))
     parts = build_parts(model, in_channels, settings, device)
+    state = RunState()
     if resumed is not None:
-        return parts, restore(parts, resumed[1], resumed[0], model, settings)
-    if settings.init_from is not None:
+        state = restore(parts, resumed[1], resumed[0], model, settings)
+    elif settings.init_from is not None:
         ckpt.load_network_weights(parts.network, ckpt.load_checkpoint(settings.init_from), settings.init_from)
         log.info("network initialised from %s", settings.init_from)
-    return parts, RunState()
+    parts.network = distributed.wrap(parts.network, device)
+    return parts, state
 
 
 @contextlib.contextmanager
@@ -260,8 +279,28 @@ def restore(parts: TrainingParts, state: dict[str, Any], source: Path, model: Mo
         log.info("schedule changed from %d to %d epochs", parts.schedule.max_steps, settings.epochs)
         parts.schedule.set_max_steps(settings.epochs)
     ckpt.restore_rng_states(state["rng"])
+    restore_process_rng(state, settings.seed)
     log.info("continuing from %s after epoch %d", source, state["epoch"])
     return RunState(int(state["epoch"]), state.get("ema_dice"), state.get("best_ema_dice"), list(state["history"]))
+
+
+def restore_process_rng(state: dict[str, Any], seed: int) -> None:
+    """Under DDP, this process' random states from the checkpoint, or (other number of processes) fresh ones.
+
+    Fresh states come from the seed, the rank and the epoch; rank 0 keeps the states of ``rng``.
+    """
+    if not distributed.is_distributed():
+        return
+    saved = state.get("rng_ranks") or []
+    if len(saved) == distributed.world_size():
+        ckpt.restore_rng_states(saved[distributed.rank()])
+        return
+    if distributed.is_main():
+        log.warning("the checkpoint holds the random states of %d process(es), this run has %d: the others start from "
+                    "fresh seeds (the run continues correctly, though not as an uninterrupted run would)",
+                    max(len(saved), 1), distributed.world_size())
+    else:
+        seed_everything(distributed.rank_seed(seed, epoch=int(state["epoch"])))
 
 
 def run_epoch(parts: TrainingParts, plan: Plan, model: ModelPlan, data_folder: Path, cases: tuple[list[str], list[str]],
@@ -270,7 +309,8 @@ def run_epoch(parts: TrainingParts, plan: Plan, model: ModelPlan, data_folder: P
     start = time.perf_counter()
     lr = parts.optimizer.param_groups[0]["lr"]
     with training_batches(plan, model, data_folder, cases[0], cases[1], seed=settings.seed, num_workers=settings.num_workers,
-                          seed_stream=epoch, batch_size=settings.batch_size) as (train_batches, val_batches):
+                          seed_stream=epoch, batch_size=distributed.per_rank_batch(settings.batch_size),
+                          shard=distributed.shard()) as (train_batches, val_batches):
         train_loss, data_wait = train_iterations(parts, train_batches, settings.iterations_per_epoch, f"epoch {epoch}")
         val_loss, counts = validation_iterations(parts, val_batches, settings.validation_iterations, model.num_classes)
     parts.schedule.step()
@@ -283,7 +323,8 @@ def train_iterations(parts: TrainingParts, batches: Iterator[dict], iterations: 
     """Run ``iterations`` optimiser steps; returns the mean loss and the share of time spent waiting for batches."""
     parts.network.train()
     losses, waited, start = [], 0.0, time.perf_counter()
-    for _ in tqdm(range(iterations), desc=description, unit="it", disable=None, leave=False):
+    for _ in tqdm(range(iterations), desc=description, unit="it", disable=None if distributed.is_main() else True,
+                  leave=False):
         before = time.perf_counter()
         batch = next(batches)
         waited += time.perf_counter() - before
@@ -300,7 +341,7 @@ def train_step(parts: TrainingParts, batch: dict) -> float:
     parts.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(parts.device.type, dtype=parts.autocast, enabled=parts.autocast is not None):
         outputs = parts.network(data)
-        loss = parts.loss(outputs, target, mask)
+        loss = parts.loss(*distributed.gather_for_loss(outputs, target, mask))  # the global batch's loss under DDP
     if parts.scaler is not None:
         parts.scaler.scale(loss).backward()
         parts.scaler.unscale_(parts.optimizer)
@@ -326,10 +367,10 @@ def validation_iterations(parts: TrainingParts, batches: Iterator[dict], iterati
             data, target, mask = _on_device(next(batches), parts.device)
             with torch.autocast(parts.device.type, dtype=parts.autocast, enabled=parts.autocast is not None):
                 outputs = parts.network(data)
-                losses.append(float(parts.loss(outputs, target, mask)))
+                losses.append(float(parts.loss(*distributed.gather_for_loss(outputs, target, mask))))
             logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
             counts += overlap_counts(logits, target, mask, num_classes).cpu()
-    return float(np.mean(losses)), counts
+    return float(np.mean(losses)), distributed.all_reduce_sum(counts)
 
 
 def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: ModelPlan, fold: int | str,
@@ -345,13 +386,16 @@ def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: M
     latest = state.epoch % settings.save_every == 0 or state.epoch >= settings.end_epoch or state.early_stop is not None
     if not (improved or latest):
         return
+    rng_ranks = distributed.all_gather_objects(ckpt.rng_states()) if distributed.is_distributed() else None
+    if not distributed.is_main():
+        return
     content = {
-        "network": parts.network.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "network": distributed.unwrap(parts.network).state_dict(), "optimizer": parts.optimizer.state_dict(),
         "lr_schedule": parts.schedule.state_dict(), "grad_scaler": None if parts.scaler is None else parts.scaler.state_dict(),
         "epoch": state.epoch, "ema_dice": state.ema_dice, "best_ema_dice": state.best_ema_dice, "rng": ckpt.rng_states(),
         "history": state.history, "plan": plan.to_dict(), "pipeline": pipeline, "model": model.name,
         "model_plan": model.to_dict(), "fold": fold, "settings": settings.to_dict(),
-        "early_stopping": state.early_stop,
+        "early_stopping": state.early_stop, "processes": distributed.world_size(), "rng_ranks": rng_ranks,
     }
     for name, wanted in ((ckpt.BEST, improved), (ckpt.LATEST, latest)):
         if wanted:
