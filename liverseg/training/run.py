@@ -55,6 +55,9 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
     plan = load_plan(plans_path)
     spec = emitted_pipeline(plan, pipeline)
     fold = parse_fold(fold)
+    if distributed.init_from_environment(overrides.get("device") or "auto") and seeds is not None and seeds > 1:
+        raise LiversegError("--seeds trains its seeds in one process (or one seed per GPU as separate jobs) and cannot "
+                            "run with several torchrun processes: leave out --seeds, or --ddp/torchrun")
     models = training_order(spec.models if model is None else (spec.model(model),))
     settings = {}
     for m in models:  # everything is checked before the first model trains

@@ -25,6 +25,7 @@ from liverseg.training import distributed
 from liverseg.training.deep_supervision import DeepSupervisionLoss
 from liverseg.training.losses import build_loss
 from liverseg.training.patch_loader import PatchLoader
+from liverseg.training.run import train
 from liverseg.training.sampler import kind_probabilities
 from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import build_parts, preprocessed_folder, seed_everything, torch_threads, train_step
@@ -194,6 +195,33 @@ def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp
             np.testing.assert_allclose(result["gradients"][name], parameter.grad, rtol=1e-4, atol=1e-6, err_msg=name)
         for name, value in parts.network.state_dict().items():
             np.testing.assert_allclose(result["weights"][name], value, rtol=0, atol=1e-5, err_msg=name)  # 1% of a step
+
+
+def _refusal_worker(rank: int, store: str, out: str) -> None:
+    """One of 2 gloo processes with torchrun's variables: what run.train refuses before training."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    messages = []
+    try:
+        for options in ({"seeds": 2}, {"batch_size": 3}, {"batch_size": 1}):
+            try:
+                train(DATASET, "multiclass", 0, device="cpu", epochs=1, num_workers=0, **options)
+                messages.append(None)
+            except LiversegError as e:
+                messages.append(str(e))
+    finally:
+        dist.destroy_process_group()
+    Path(f"{out}_{rank}.txt").write_text("\n".join(str(m) for m in messages))
+
+
+def test_several_processes_refuse_seed_selection_and_a_batch_that_does_not_split(plan, tmp_path):
+    mp.start_processes(_refusal_worker, args=(str(tmp_path / "store"), str(tmp_path / "rank")), nprocs=2,
+                       start_method="fork")
+    for rank in range(2):
+        seeds, odd, small = (tmp_path / f"rank_{rank}.txt").read_text().splitlines()
+        assert "cannot run with several torchrun processes" in seeds
+        assert "batch of 3 patch(es)" in odd and "--batch-size 2 or 4" in odd
+        assert "batch of 1 patch(es)" in small and small.endswith("give --batch-size 2")
 
 
 # ---------------------------------------------------------------- torchrun, as a user runs it
