@@ -8,6 +8,8 @@ from typing import Callable
 import pytest
 import torch
 
+from liverseg.data.phantom import generate_dataset
+from liverseg.planning.plan_dataset import plan_dataset
 from liverseg.planning.plans import Plan
 from liverseg.planning.templates import load_templates
 
@@ -44,3 +46,25 @@ def with_cascade(plan: Plan) -> Plan:
 def emit_cascade() -> Callable[[Plan], Plan]:
     """:func:`with_cascade`, for tests whose tiny phantoms are too small for the planner to emit a cascade."""
     return with_cascade
+
+
+PLANNED_DATASET = "Dataset902_TrainerPhantom"
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory):
+    """A planned and preprocessed 4-case tiny phantom (fast preset) named ``Dataset902_TrainerPhantom``.
+
+    Returns its raw and preprocessed stores; shared by the trainer and demo tests, which must not
+    change it
+    (they write results elsewhere and copy the plan before editing it).
+    """
+    root = tmp_path_factory.mktemp("trainer_stores")
+    stores = {name: root / name for name in ("raw", "preprocessed")}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, path in stores.items():
+            path.mkdir()
+            patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
+        generate_dataset(stores["raw"] / PLANNED_DATASET, 4, size="tiny")
+        plan_dataset(PLANNED_DATASET, num_workers=1, preset="fast", verify=False)
+    return stores

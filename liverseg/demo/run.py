@@ -7,7 +7,8 @@
    test set drawn with another seed (``test/``: images and reference labels);
 2. plans and preprocesses it with the ``fast`` preset (``liverseg_plan``);
 3. trains the plan's recommended pipeline on fold 0 within what is left of the time budget
-   (``liverseg_train --time-budget``: the schedule is shortened, not cut off);
+   (``liverseg_train --time-budget``: the schedule is shortened, not cut off), independent models
+   side by side when there is a core for each (:func:`train_pipeline`);
 4. predicts the held-out cases with test-time mirroring, post-processing and lesion reports
    (``liverseg_predict``);
 5. evaluates them with the ATLAS profile and the lesion metrics (``liverseg_evaluate``);
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,9 +35,11 @@ from liverseg.demo.overview import plot_overview
 from liverseg.errors import LiversegError
 from liverseg.evaluation.evaluate import evaluate_folders
 from liverseg.evaluation.report import markdown_table
+from liverseg.inference.device import available_cpus, resolve_device
 from liverseg.inference.run import predict_folder
 from liverseg.paths import ENV_PREPROCESSED, ENV_RAW, ENV_RESULTS
 from liverseg.planning.plan_dataset import plan_dataset
+from liverseg.planning.plans import PipelineSpec
 from liverseg.training import checkpoint as ckpt
 from liverseg.training.run import train
 
@@ -141,8 +146,7 @@ def run_demo(workdir: str | Path, minutes: float = 10.0, num_cases: int = 20, nu
         budget = max(MIN_TRAINING_SECONDS, minutes * 60 - (time.monotonic() - started) - RESERVED_SECONDS)
         log.info("demo: training %s for fold %d within %.1f minutes", pipeline, FOLD, budget / 60)
         with _timed(seconds, "train"):
-            folders = train(DATASET, pipeline, FOLD, time_budget_minutes=budget / 60, final_validation=False,
-                            device=device, seed=seed, continue_training=False)
+            folders = train_pipeline(DATASET, plan.pipeline(pipeline), budget / 60, device, seed)
         predictions = workdir / "predictions"
         with _timed(seconds, "predict"):
             run = predict_folder(test / "imagesTr", predictions, num_workers=1, model=DATASET, pipeline=pipeline,
@@ -156,6 +160,34 @@ def run_demo(workdir: str | Path, minutes: float = 10.0, num_cases: int = 20, nu
                                      workdir / "overview.png")
     log.info("demo finished in %.0f s", time.monotonic() - started)
     return DemoResult(workdir, pipeline, predictions, summary, overview, seconds)
+
+
+def train_pipeline(dataset: str, spec: PipelineSpec, minutes: float, device: str, seed: int) -> list[Path]:
+    """Train the pipeline's models on fold 0 of ``dataset`` within ``minutes``; returns their results folders.
+
+    On a CPU with a core per model, independent models (dual_binary's liver and tumour models)
+    train side by side, one process and one thread each with augmentation in the process: each
+    then has the whole budget, where one after the other each would have its share, and two
+    single-threaded processes use two cores better than one process whose network thread competes
+    with its augmentation worker. A cascade's stages depend on each other and train in order.
+    """
+    options = {"time_budget_minutes": minutes, "final_validation": False, "device": device, "seed": seed,
+               "continue_training": False}
+    models = spec.models
+    independent = len(models) > 1 and all(m.roi is None for m in models)
+    if not (independent and resolve_device(device).type == "cpu" and available_cpus() >= len(models)):
+        return train(dataset, spec.name, FOLD, **options)
+    log.info("demo: training %s side by side on %d cores", ", ".join(m.name for m in models), len(models))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(models), mp_context=context, initializer=_child_logging) as pool:
+        jobs = [pool.submit(train, dataset, spec.name, FOLD, model=m.name, num_workers=0, threads=1, **options)
+                for m in models]
+        return [job.result()[0] for job in jobs]
+
+
+def _child_logging() -> None:
+    """Log lines of a training process on the console, as the demo's own."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 @contextlib.contextmanager

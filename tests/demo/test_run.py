@@ -10,7 +10,8 @@ import SimpleITK as sitk
 
 from liverseg.cli.demo import main
 from liverseg.demo.overview import overview_slice
-from liverseg.demo.run import DATASET, run_demo
+from liverseg.demo.run import DATASET, run_demo, train_pipeline
+from liverseg.planning.plans import load_plan
 from liverseg.errors import LiversegError
 
 
@@ -47,6 +48,20 @@ def test_tiny_demo_runs_every_step_and_reports_where_it_wrote(tmp_path, capsys, 
     picture = matplotlib.image.imread(workdir / "overview.png")
     assert picture.shape[0] > 500 and picture[..., :3].std() > 0.05
     assert "LIVERSEG_RESULTS" not in __import__("os").environ  # the demo's stores are not left behind
+
+
+def test_independent_models_train_side_by_side_each_in_one_process(planned, tmp_path, monkeypatch):
+    for name, path in planned.items():
+        monkeypatch.setenv(f"LIVERSEG_{name.upper()}", str(path))
+    monkeypatch.setenv("LIVERSEG_RESULTS", str(tmp_path / "results"))
+    dataset = "Dataset902_TrainerPhantom"  # planned by the `planned` fixture (tests/conftest.py)
+    spec = load_plan(planned["preprocessed"] / dataset / "plans.json").pipeline("dual_binary")
+    folders = train_pipeline(dataset, spec, 1e-4, "cpu", 0)  # a budget that ends each run after its first epoch
+    assert [f.parent.name for f in folders] == [m.name for m in spec.models]
+    for folder in folders:
+        log = (folder / "log.txt").read_text()
+        assert "1 thread(s), 0 augmentation worker(s)" in log and "epoch 0:" in log and "epoch 1:" not in log
+        assert (folder / "checkpoint_latest.pt").is_file()
 
 
 def test_a_workdir_with_foreign_files_is_refused(tmp_path, capsys):

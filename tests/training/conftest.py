@@ -23,24 +23,3 @@ def phantom(tmp_path_factory, emit_cascade):
         out = root / "preprocessed" / "Phantom"
         preprocess_dataset(root / "raw" / "Phantom", [plan.preprocessing["lowres"]], out)
     return plan, out, read_splits(out / "splits.json")[0]
-
-
-PLANNED_DATASET = "Dataset902_TrainerPhantom"
-
-
-@pytest.fixture(scope="session")
-def planned(tmp_path_factory):
-    """A planned and preprocessed 4-case tiny phantom (fast preset) named ``Dataset902_TrainerPhantom``.
-
-    Returns its raw and preprocessed stores; shared by the trainer tests, which must not change it
-    (they write results elsewhere and copy the plan before editing it).
-    """
-    root = tmp_path_factory.mktemp("trainer_stores")
-    stores = {name: root / name for name in ("raw", "preprocessed")}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, path in stores.items():
-            path.mkdir()
-            patch.setenv(f"LIVERSEG_{name.upper()}", str(path))
-        generate_dataset(stores["raw"] / PLANNED_DATASET, 4, size="tiny")
-        plan_dataset(PLANNED_DATASET, num_workers=1, preset="fast", verify=False)
-    return stores
