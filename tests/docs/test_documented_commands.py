@@ -2,7 +2,7 @@
 
 Found: lines of fenced shell blocks (```, ```bash, ```sh, ```shell, ```console) and inline `code`
 that start with a liverseg command: ``liverseg_<name>`` (also with a path, ``.venv/bin/liverseg_demo``)
-or ``python -m liverseg.cli.<name>``. A fenced line is split into simple commands at ``;``, ``&&``,
+or ``-m liverseg.cli.<name>`` after a launcher (``python``, ``torchrun ...``). A fenced line is split into simple commands at ``;``, ``&&``,
 ``||`` and ``|`` (so ``for f in ...; do liverseg_train ... -f $f; done`` yields the train command);
 a backslash continues a line. Each command is parsed by ``build_parser()`` of the module its console
 script names in setup.cfg, with abbreviations turned off: an unknown flag, a wrong choice, a missing
@@ -17,7 +17,8 @@ Doc notation, normalised before parsing (and nothing else):
 - ``<anything>`` and the words of :data:`PLACEHOLDERS` stand for a value and become ``1``, which
   every string, int and float option accepts (a placeholder where a choice is expected fails: write
   the choices);
-- ``$VAR`` / ``${VAR}`` take the values of :data:`SHELL_VARIABLES`; an unknown variable fails;
+- ``$VAR`` / ``${VAR}`` in a liverseg command's arguments take the values of :data:`SHELL_VARIABLES`;
+  an unknown variable fails;
 - ``...`` stands for "the other arguments": the token is dropped and required arguments are not
   asked for. Inline code in prose (not in a table) names an option of a command rather than a whole
   command line (``liverseg_predict --lesion-maps``), so it is parsed the same way.
@@ -63,7 +64,6 @@ SKIPPED: dict[tuple[str, str], str] = {}
 KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 _COMMAND_WORD = re.compile(r"(?:[\w.~/-]*/)?(liverseg_[a-z_]+)")
-_PYTHON_WORD = re.compile(r"(?:[\w.~/-]*/)?python3?(?:\.\d+)?")
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 _PLACEHOLDER = re.compile(r"<[^<>]*>")
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -196,21 +196,24 @@ def simple_commands(text: str, fenced: bool) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def program_of(words: list[str], scripts: dict[str, str]) -> tuple[str, list[str]] | None:
-    """(program as written, its arguments) when the words run a liverseg command, else None."""
+def program_of(words: list[str]) -> tuple[str, list[str]] | None:
+    """(program as written, its arguments) when the words run a liverseg command, else None.
+
+    A liverseg command is a console script (``liverseg_train``, ``.venv/bin/liverseg_train``) or
+    ``-m liverseg...`` after a launcher (``python``, ``torchrun --nproc_per_node 4``, ``srun torchrun``).
+    """
     while words and words[0] in _SHELL_KEYWORDS:
         words = words[1:]
-    if not words:
-        return None
-    match = _COMMAND_WORD.fullmatch(words[0])
+    match = _COMMAND_WORD.fullmatch(words[0]) if words else None
     if match:
         return match.group(1), words[1:]
-    if _PYTHON_WORD.fullmatch(words[0]) and len(words) > 2 and words[1] == "-m" and words[2].split(".")[0] == "liverseg":
-        return words[2], words[3:]
+    for i, word in enumerate(words[:-1]):
+        if word == "-m" and words[i + 1].split(".")[0] == "liverseg":
+            return words[i + 1], words[i + 2:]
     return None
 
 
-def commands_of(snippet: Snippet, scripts: dict[str, str], variables: dict[str, str]) -> list[DocCommand]:
+def commands_of(snippet: Snippet, variables: dict[str, str]) -> list[DocCommand]:
     """The liverseg commands a snippet holds, one per variant of its optional parts and alternatives."""
     text = _PLACEHOLDER.sub("1", snippet.text)
     variants = [text]
@@ -219,12 +222,12 @@ def commands_of(snippet: Snippet, scripts: dict[str, str], variables: dict[str, 
     variants = list(dict.fromkeys(v for t in variants for v in expand_optional(t)))
     found = []
     for variant in variants:
-        for words in simple_commands(substitute_variables(variant, variables), snippet.kind == "fenced"):
-            program = program_of(words, scripts)
+        for words in simple_commands(variant, snippet.kind == "fenced"):
+            program = program_of(words)
             if program is None:
                 continue
             name, args = program
-            args = [PLACEHOLDERS.get(a, a) for a in args]
+            args = [PLACEHOLDERS.get(a, substitute_variables(a, variables)) for a in args]
             partial = "..." in args or snippet.kind == "prose" or (snippet.kind == "table" and not args)
             found.append(DocCommand(snippet.document, snippet.line, snippet.text, name, tuple(a for a in args if a != "..."),
                                     partial))
@@ -233,12 +236,11 @@ def commands_of(snippet: Snippet, scripts: dict[str, str], variables: dict[str, 
 
 def documented_commands() -> list[DocCommand]:
     """Every command variant of README.md and docs/*.md, in document order."""
-    scripts = console_scripts()
     found = []
     for path in DOCUMENTS:
         for snippet in snippets(path, path.relative_to(REPO).as_posix()):
             try:
-                found += commands_of(snippet, scripts, SHELL_VARIABLES)
+                found += commands_of(snippet, SHELL_VARIABLES)
             except (KeyError, ValueError) as e:
                 if "liverseg" in snippet.text:
                     found.append(DocCommand(snippet.document, snippet.line, snippet.text, "?", (), False, str(e)))
@@ -327,7 +329,7 @@ def test_every_console_script_is_a_cli_module_with_a_parser():
 
 
 def _one(text: str, kind: str = "fenced") -> list[DocCommand]:
-    return commands_of(Snippet("x.md", 1, text, kind), SCRIPTS, SHELL_VARIABLES)
+    return commands_of(Snippet("x.md", 1, text, kind), SHELL_VARIABLES)
 
 
 def test_wrong_flags_choices_and_missing_arguments_are_caught():
@@ -369,6 +371,9 @@ def test_notation_is_normalised_as_documented():
     assert [(c.program, c.argv, c.partial) for c in module] == [
         ("liverseg.cli.plan", ("-d", "ATLAS", "--gpu-memory-gb", "1"), True)]
     assert _one(".venv/bin/python -m pytest -m slow") == []
+    launched = _one('HEAD=$(scontrol show "$NODES" | head -n 1); srun torchrun --nnodes "$SLURM_NNODES" '
+                    '--rdzv_endpoint "$HEAD:29400" -m liverseg.cli.train -d ATLAS -f $f')
+    assert [(c.program, c.argv) for c in launched] == [("liverseg.cli.train", ("-d", "ATLAS", "-f", "0"))]
     with pytest.raises(KeyError, match=r"\$UNKNOWN"):
         _one("liverseg_plan -d $UNKNOWN")
 
