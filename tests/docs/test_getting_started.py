@@ -23,7 +23,6 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
