@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="end the training epochs within this many minutes by shortening the schedule (shared by "
                         "the pipeline's models in proportion to their work; the final validation comes on top); "
                         "default: no limit")
+    parser.add_argument("--trainer", default=None, help="registered trainer to use instead of the plan's schedule.trainer "
+                        "(default: the plan's, normally 'default'; docs/extending.md registers your own)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0); a CPU run with -np 0 is repeatable")
     parser.add_argument("-np", "--num-workers", type=int, default=None, help="background processes for augmentation, 0 runs "
                         "it in the training process (default: 1 on a CPU with 2+ cores, on a GPU one per core but one, "
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         with distributed.process_group(args.device):
             folders = train(args.dataset, args.pipeline, args.fold, model=args.model,
-                            init_stage2_from_stage1=args.init_stage2_from_stage1, seeds=args.seeds, device=args.device,
+                            init_stage2_from_stage1=args.init_stage2_from_stage1, seeds=args.seeds, trainer=args.trainer,
+                            device=args.device,
                             continue_training=args.continue_training or None, **overrides)
             if distributed.is_main():
                 print("\n".join(str(f) for f in folders))

@@ -1,8 +1,8 @@
-"""The names a plan may use for networks, losses, optimisers, combine rules and post-processing steps.
+"""The names a plan may use for networks, losses, optimisers, trainers, combine rules and post-processing steps.
 
 A plan names these parts as strings, and they are checked here when a plan is built or loaded,
 so a typo in a hand-edited plans.json fails at once and not hours into training. Networks,
-losses, optimisers, learning-rate schedules and post-processing steps are looked up in their
+losses, optimisers, learning-rate schedules, trainers and post-processing steps are looked up in their
 registries (which include the names installed plugins declare), and so are combine rules; the
 planner's own vocabularies are listed in :data:`KNOWN_NAMES`.
 """
@@ -15,6 +15,7 @@ from liverseg.networks import available_networks
 from liverseg.postprocessing import available_steps
 from liverseg.training.losses import available_losses
 from liverseg.training.optim import LR_SCHEDULES, OPTIMIZERS
+from liverseg.training.trainers import available_trainers
 
 KNOWN_NAMES: dict[str, tuple[str, ...]] = {
     # What a model's patch must hold: the liver box, lesion boxes plus context, or the whole volume.
@@ -40,6 +41,7 @@ _REGISTRIES: dict[str, Callable[[], list[str]]] = {
     "optimizer": OPTIMIZERS.names,
     "lr_schedule": LR_SCHEDULES.names,
     "postprocessing": available_steps,
+    "trainer": available_trainers,
 }
 
 

@@ -205,6 +205,7 @@ class TrainingSchedule:
     lr_schedule: str
     poly_exponent: float
     loss: str
+    trainer: str = "default"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "iterations_per_epoch", "validation_iterations"):
@@ -218,6 +219,7 @@ class TrainingSchedule:
         check_name("optimizer", self.optimizer)
         check_name("lr_schedule", self.lr_schedule)
         check_name("loss", self.loss)
+        check_name("trainer", self.trainer)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""

@@ -31,7 +31,8 @@ from liverseg.training.budget import budget_shares
 from liverseg.training.checkpoint import LATEST, architectures_match, load_checkpoint
 from liverseg.training.seeds import check_seed_settings, train_seeds
 from liverseg.training.settings import TrainSettings
-from liverseg.training.trainer import fold_cases, preprocessed_folder, train_model
+from liverseg.training.trainer import fold_cases, preprocessed_folder
+from liverseg.training.trainers import get_trainer
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None, init_stage2_from_stage1: bool = False,
-          seeds: int | None = None, **overrides: Any) -> list[Path]:
+          seeds: int | None = None, trainer: str | None = None, **overrides: Any) -> list[Path]:
     """Train ``pipeline``'s models (or only ``model``) of ``dataset`` on ``fold``; returns their results folders.
 
     ``fold`` is a fold number of splits.json or ``"all"``. ``overrides`` are
@@ -48,7 +49,8 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
     ``batch_size``, ``continue_training``, ...); None means "as the plan says". A
     ``time_budget_minutes`` is shared by the models in proportion to their planned work
     (:mod:`liverseg.training.budget`). ``seeds`` > 1 trains each model as a multi-seed selection
-    (:func:`liverseg.training.seeds.train_seeds`).
+    (:func:`liverseg.training.seeds.train_seeds`). ``trainer`` names a registered trainer
+    (:mod:`liverseg.training.trainers`) used instead of the one each model's schedule names.
     """
     name = dataset_folder_name(dataset)
     plans_path = preprocessed_root() / name / PLANS_FILE
@@ -66,6 +68,7 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
         except LiversegError as e:
             raise LiversegError(f"{plans_path}: pipelines.{spec.name}.models.{m.name}: {e}") from None
         check_seed_settings(settings[m.name], 1 if seeds is None else seeds)
+        get_trainer(trainer or m.schedule.trainer)
         fold_cases(plan, preprocessed_folder(plan, m), fold)
         if init_stage2_from_stage1 and m.roi is not None and m.roi.from_model not in [o.name for o in models]:
             _stage1_checkpoint(results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}", m)
@@ -90,7 +93,7 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
             if seeds is not None and seeds > 1:
                 train_seeds(plan, m, fold, folder, model_settings, seeds, pipeline=spec.name)
             else:
-                train_model(plan, m, fold, folder, model_settings, pipeline=spec.name)
+                get_trainer(trainer or m.schedule.trainer)(plan, m, fold, folder, model_settings, pipeline=spec.name)
         folders.append(folder)
     return folders
 
