@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import logging
 import os
 import re
 import shlex
@@ -99,15 +100,16 @@ def test_getting_started_runs_as_written(stores, tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    threads = torch.get_num_threads()
+    root, handlers, threads = logging.getLogger(), logging.getLogger().handlers[:], torch.get_num_threads()
     try:
         for line in lines:
             program, *argv = expand(as_run(line))
             assert program in scripts, f"getting_started.md runs {program}, not a console script of setup.cfg"
             code = importlib.import_module(scripts[program]).main(argv)
             assert code == 0, f"`{as_run(line)}` exited with {code}"
-    finally:
-        torch.set_num_threads(threads)  # liverseg_predict sets the threads for its process
+    finally:  # what the commands set for their process: logging handlers, torch threads (liverseg_predict)
+        root.handlers[:] = handlers
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
 
     raw = stores["raw"] / "Phantom"
