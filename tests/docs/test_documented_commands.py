@@ -2,9 +2,10 @@
 
 Found: lines of fenced shell blocks (```, ```bash, ```sh, ```shell, ```console) and inline `code`
 that start with a liverseg command: ``liverseg_<name>`` (also with a path, ``.venv/bin/liverseg_demo``)
-or ``-m liverseg.cli.<name>`` after a launcher (``python``, ``torchrun ...``). A fenced line is split into simple commands at ``;``, ``&&``,
-``||`` and ``|`` (so ``for f in ...; do liverseg_train ... -f $f; done`` yields the train command);
-a backslash continues a line. Each command is parsed by ``build_parser()`` of the module its console
+or ``-m liverseg.cli.<name>`` after a launcher (``python``, ``torchrun ...``, ``srun torchrun ...``).
+A fenced line is split into simple commands at ``;``, ``&&``, ``||`` and ``|`` (so
+``for f in ...; do liverseg_train ... -f $f; done`` yields the train command); a backslash continues
+a line. Each command is parsed by ``build_parser()`` of the module its console
 script names in setup.cfg, with abbreviations turned off: an unknown flag, a wrong choice, a missing
 required argument or a value of the wrong type fails.
 
@@ -46,7 +47,7 @@ SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 
 #: Placeholder words that stand for a number in the docs (other words such as NAME or PIPELINE are
 #: valid strings as they are).
-PLACEHOLDERS = {"N": "1", "MIN": "1", "K": "1"}
+PLACEHOLDERS = {"N": "1", "MIN": "1"}
 #: Shell variables the documented commands use, with a value of the kind the command expects.
 SHELL_VARIABLES = {
     "f": "0",  # for f in 0 1 2 3 4; do liverseg_train ... -f $f; done
@@ -229,8 +230,8 @@ def commands_of(snippet: Snippet, variables: dict[str, str]) -> list[DocCommand]
             name, args = program
             args = [PLACEHOLDERS.get(a, substitute_variables(a, variables)) for a in args]
             partial = "..." in args or snippet.kind == "prose" or (snippet.kind == "table" and not args)
-            found.append(DocCommand(snippet.document, snippet.line, snippet.text, name, tuple(a for a in args if a != "..."),
-                                    partial))
+            argv = tuple(a for a in args if a != "...")
+            found.append(DocCommand(snippet.document, snippet.line, snippet.text, name, argv, partial))
     return found
 
 
@@ -380,7 +381,8 @@ def test_notation_is_normalised_as_documented():
 
 def test_fenced_lines_and_inline_code_are_found(tmp_path):
     doc = tmp_path / "doc.md"
-    doc.write_text("Run `liverseg_plan -d A` first,\nthen `liverseg_fingerprint\n-d A`.\n| `liverseg_train -d A -c m -f 0` | trains |\n\n"
+    doc.write_text("Run `liverseg_plan -d A` first,\nthen `liverseg_fingerprint\n-d A`.\n"
+                   "| `liverseg_train -d A -c m -f 0` | trains |\n\n"
                    "```bash\nliverseg_predict -i a \\\n    -o b\n```\n```python\nliverseg_plan = 1\n```\n"
                    "```json\n{\"liverseg_train\": 1}\n```\n", encoding="utf-8")
     found = snippets(doc, "doc.md")

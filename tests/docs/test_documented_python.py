@@ -66,7 +66,8 @@ def keyword_problems(tree: ast.AST, names: dict[str, object]) -> list[str]:
         target, text = None, ast.unparse(node.func)
         if isinstance(node.func, ast.Name) and node.func.id in names:
             target = names[node.func.id]
-        elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id in names:
+        elif (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+              and node.func.value.id in names):
             target = getattr(names[node.func.value.id], node.func.attr, None)
             if target is None:
                 problems.append(f"{text} does not exist")
