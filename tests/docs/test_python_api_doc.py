@@ -6,11 +6,17 @@ the whole example takes seconds. The checks below look at what it wrote with Sim
 """
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -37,6 +43,34 @@ def test_every_api_name_the_document_mentions_exists():
     assert {"plan", "train", "Predictor", "evaluate"} <= names
     assert sorted(n for n in names if not hasattr(liverseg, n)) == []
     assert set(liverseg.__all__) - {"__version__"} <= names, "API names the document does not mention"
+
+
+def test_the_signatures_in_the_table_are_real():
+    """`liverseg.name(a, b=1, **options)` in the table: every argument it names is a parameter of the function."""
+    calls = re.findall(r"`(liverseg\.[\w.]+\(.*?\))`", DOCUMENT.read_text(encoding="utf-8"))
+    assert len(calls) >= 9
+    for text in calls:
+        call = ast.parse(text, mode="eval").body
+        name, *attributes = ast.unparse(call.func).split(".")[1:]
+        module, attribute = liverseg._API[name]  # what the lazy name stands for (see the xfail below)
+        target = getattr(importlib.import_module(module), attribute)
+        for attribute in attributes:
+            target = getattr(target, attribute)
+        parameters = inspect.signature(target).parameters
+        named = [a.id for a in call.args if isinstance(a, ast.Name)] + [k.arg for k in call.keywords if k.arg]
+        assert [n for n in named if n not in parameters] == [], text
+        if any(k.arg is None for k in call.keywords):
+            assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()), text
+        for keyword in call.keywords:
+            if keyword.arg and isinstance(keyword.value, ast.Constant):
+                assert parameters[keyword.arg].default == keyword.value.value, f"{text}: default of {keyword.arg}"
+
+
+@pytest.mark.xfail(strict=True, reason="liverseg/__init__.py: the lazy name liverseg.fingerprint is replaced by the "
+                   "liverseg.fingerprint subpackage as soon as that is imported (e.g. by liverseg.plan); reported")
+def test_fingerprint_is_the_function_after_planning():
+    code = "import liverseg; liverseg.plan; assert callable(liverseg.fingerprint), liverseg.fingerprint"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
 
 def test_python_api_example_runs(stores, tmp_path, monkeypatch):
