@@ -2,6 +2,7 @@
 torchrun runs write one set of files that load in a single process, --continue and --ddp work."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -156,6 +157,20 @@ def _fresh_parts(model, settings):
     return build_parts(model, 1, settings, torch.device("cpu"))
 
 
+def _steps(parts, batches: list[dict]) -> tuple[list[float], list[dict]]:
+    """The trainer's train_step on each batch: the losses and the gradients of each step."""
+    losses, gradients = [], []
+    for batch in batches:
+        losses.append(train_step(parts, batch))
+        gradients.append({n: p.grad.clone() for n, p in distributed.unwrap(parts.network).named_parameters()})
+    return losses, gradients
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``|actual - expected| / |expected|`` over the whole tensor (rounding grows in the first layers' gradients)."""
+    return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30))
+
+
 def _step_worker(rank: int, store: str, model, settings, batches, out: str) -> None:
     """One of 2 gloo processes: the trainer's own train_step on its part of each batch."""
     torch.set_num_threads(1)
@@ -163,18 +178,22 @@ def _step_worker(rank: int, store: str, model, settings, batches, out: str) -> N
     try:
         parts = _fresh_parts(model, settings)
         parts.network = distributed.wrap(parts.network, parts.device)
-        losses = [train_step(parts, _part(batch, rank, 2)) for batch in batches]
-        network = distributed.unwrap(parts.network)
-        torch.save({"losses": losses, "weights": network.state_dict(),
-                    "gradients": {n: p.grad for n, p in network.named_parameters()}}, f"{out}_{rank}.pt")
+        losses, gradients = _steps(parts, [_part(batch, rank, 2) for batch in batches])
+        torch.save({"losses": losses, "gradients": gradients, "weights": distributed.unwrap(parts.network).state_dict()},
+                   f"{out}_{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp_path):
-    """The tumour model (masked loss, batch Dice): loss, gradients and weights after two steps, 2 x 2 patches vs 4."""
+    """The tumour model (masked loss, batch Dice): losses, gradients and weights of two steps, 2 x 2 patches vs 4.
+
+    With SGD, whose step is linear in the gradient (Adam's first steps are nearly sign(gradient) and
+    would hide a wrongly scaled one, and amplify rounding where a gradient is near its epsilon).
+    """
     model = plan.pipeline("dual_binary").model("tumour")
-    settings = TrainSettings.from_overrides(model, precision="fp32", device="cpu", batch_size=4)
+    model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, optimizer="sgd"))
+    settings = TrainSettings.from_overrides(model, precision="fp32", device="cpu", batch_size=4, learning_rate=0.01)
     batches = _batches(model, 4)
     mp.start_processes(_step_worker, args=(str(tmp_path / "store"), model, settings, batches, str(tmp_path / "rank")),
                        nprocs=2, start_method="fork")
@@ -187,14 +206,16 @@ def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp
             halves = [float(parts.loss(parts.network(p["data"]), p["target"], p["mask"]))
                       for p in (_part(batches[0], 0, 2), _part(batches[0], 1, 2))]
         assert abs(whole - np.mean(halves)) > 1e-3
-        reference = [train_step(parts, batch) for batch in batches]
+        reference, gradients = _steps(parts, batches)
     for result in ranks:  # both processes hold the same loss and the same weights
         assert result["losses"] == pytest.approx(reference, rel=1e-5)
         assert result["losses"][0] == pytest.approx(whole, rel=1e-5)
-        for name, parameter in parts.network.named_parameters():
-            np.testing.assert_allclose(result["gradients"][name], parameter.grad, rtol=1e-4, atol=1e-6, err_msg=name)
-        for name, value in parts.network.state_dict().items():
-            np.testing.assert_allclose(result["weights"][name], value, rtol=0, atol=1e-5, err_msg=name)  # 1% of a step
+        # Rounding reaches 6e-5 in the second step's gradients; a per-process loss is off by 1e-2 and more.
+        for step in range(2):
+            errors = {name: _relative_error(result["gradients"][step][name], g) for name, g in gradients[step].items()}
+            assert max(errors.values()) < 1e-3, (step, max(errors, key=errors.get), max(errors.values()))
+        errors = {name: _relative_error(result["weights"][name], w) for name, w in parts.network.state_dict().items()}
+        assert max(errors.values()) < 1e-3, (max(errors, key=errors.get), max(errors.values()))
 
 
 def _refusal_worker(rank: int, store: str, out: str) -> None:
