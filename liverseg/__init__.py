@@ -14,6 +14,7 @@ The Python API is the commands' own functions::
     liverseg.run_demo("demo/", minutes=10)                      # liverseg_demo
 
 Names are imported on first use, so ``import liverseg`` stays cheap (no torch until it is needed).
+(The fingerprint function is ``write_fingerprint``: ``liverseg.fingerprint`` is the subpackage.)
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 
 _API = {
     "generate_phantoms": ("liverseg.data.phantom", "generate_dataset"),
-    "fingerprint": ("liverseg.fingerprint.dataset", "write_fingerprint"),
+    "write_fingerprint": ("liverseg.fingerprint.dataset", "write_fingerprint"),
     "plan": ("liverseg.planning.plan_dataset", "plan_dataset"),
     "train": ("liverseg.training.run", "train"),
     "find_best": ("liverseg.selection.find_best", "find_best"),
