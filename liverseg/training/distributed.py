@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 from datetime import timedelta
@@ -134,6 +135,9 @@ def init_from_environment(device: str = "auto") -> bool:
 def shutdown() -> None:
     """Leave the process group (if joined) and give the other ranks their log level back."""
     if dist.is_available() and dist.is_initialized():
+        # DDP wrappers left in reference cycles would otherwise drop the group's last reference later,
+        # from the garbage collector, where joining gloo's threads under the GIL can deadlock.
+        gc.collect()
         dist.destroy_process_group()
     while _quietened:
         logger, level = _quietened.pop()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,18 +172,38 @@ def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp_min(1e-30))
 
 
-def _step_worker(rank: int, store: str, model, settings, batches, out: str) -> None:
-    """One of 2 gloo processes: the trainer's own train_step on its part of each batch."""
+def _two_processes(worker, *args: object) -> None:
+    """Run ``worker(rank, store, *args)`` in 2 processes forked from the test, joined in a gloo group by a file store.
+
+    Fails (instead of hanging) when they do not finish within two minutes.
+    """
+    store = Path(str(args[-1]) + "_store")
+    context = mp.start_processes(_joined, args=(worker, str(store), *args), nprocs=2, start_method="fork", join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two gloo processes did not finish within 2 minutes")
+
+
+def _joined(rank: int, worker, store: str, *args: object) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        parts = _fresh_parts(model, settings)
-        parts.network = distributed.wrap(parts.network, parts.device)
-        losses, gradients = _steps(parts, [_part(batch, rank, 2) for batch in batches])
-        torch.save({"losses": losses, "gradients": gradients, "weights": distributed.unwrap(parts.network).state_dict()},
-                   f"{out}_{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    worker(rank, *args)
+    dist.barrier()
+    # Leave without tearing the group down: destroying a gloo group in a process forked from a threaded pytest
+    # once deadlocked (its worker thread waiting for the GIL while the main thread joined it).
+    os._exit(0)
+
+
+def _step_worker(rank: int, model, settings, batches, out: str) -> None:
+    """One of 2 gloo processes: the trainer's own train_step on its part of each batch."""
+    parts = _fresh_parts(model, settings)
+    parts.network = distributed.wrap(parts.network, parts.device)
+    losses, gradients = _steps(parts, [_part(batch, rank, 2) for batch in batches])
+    torch.save({"losses": losses, "gradients": gradients, "weights": distributed.unwrap(parts.network).state_dict()},
+               f"{out}_{rank}.pt")
 
 
 def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp_path):
@@ -195,8 +216,7 @@ def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp
     model = dataclasses.replace(model, schedule=dataclasses.replace(model.schedule, optimizer="sgd"))
     settings = TrainSettings.from_overrides(model, precision="fp32", device="cpu", batch_size=4, learning_rate=0.01)
     batches = _batches(model, 4)
-    mp.start_processes(_step_worker, args=(str(tmp_path / "store"), model, settings, batches, str(tmp_path / "rank")),
-                       nprocs=2, start_method="fork")
+    _two_processes(_step_worker, model, settings, batches, str(tmp_path / "rank"))
     ranks = [torch.load(tmp_path / f"rank_{r}.pt", weights_only=True) for r in range(2)]
     with torch_threads(1):
         parts = _fresh_parts(model, settings)
@@ -218,26 +238,21 @@ def test_a_step_on_two_processes_equals_one_process_on_the_whole_batch(plan, tmp
         assert max(errors.values()) < 1e-3, (max(errors, key=errors.get), max(errors.values()))
 
 
-def _refusal_worker(rank: int, store: str, out: str) -> None:
+def _refusal_worker(rank: int, out: str) -> None:
     """One of 2 gloo processes with torchrun's variables: what run.train refuses before training."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     messages = []
-    try:
-        for options in ({"seeds": 2}, {"batch_size": 3}, {"batch_size": 1}):
-            try:
-                train(DATASET, "multiclass", 0, device="cpu", epochs=1, num_workers=0, **options)
-                messages.append(None)
-            except LiversegError as e:
-                messages.append(str(e))
-    finally:
-        dist.destroy_process_group()
+    for options in ({"seeds": 2}, {"batch_size": 3}, {"batch_size": 1}):
+        try:
+            train(DATASET, "multiclass", 0, device="cpu", epochs=1, num_workers=0, **options)
+            messages.append(None)
+        except LiversegError as e:
+            messages.append(str(e))
     Path(f"{out}_{rank}.txt").write_text("\n".join(str(m) for m in messages))
 
 
 def test_several_processes_refuse_seed_selection_and_a_batch_that_does_not_split(plan, tmp_path):
-    mp.start_processes(_refusal_worker, args=(str(tmp_path / "store"), str(tmp_path / "rank")), nprocs=2,
-                       start_method="fork")
+    _two_processes(_refusal_worker, str(tmp_path / "rank"))
     for rank in range(2):
         seeds, odd, small = (tmp_path / f"rank_{rank}.txt").read_text().splitlines()
         assert "cannot run with several torchrun processes" in seeds
