@@ -37,6 +37,7 @@ NOT_RUN = {
     "Install": "installs the package; the test runs in the installed environment",
     "Where files go": "sets the stores; the stores fixture points them at temporary folders",
     "Your own data": "needs the ATLAS download and days of training",
+    "The demo: everything in one command": "takes ten minutes; tests/demo runs liverseg_demo on tiny phantoms",
 }
 #: (as written, as run): tiny phantoms and fewer cases. Each must occur in the document.
 SMALLER = [("-n 20 --size small", "-n 4 --size tiny"), ("-n 5 --size small", "-n 3 --size tiny")]
