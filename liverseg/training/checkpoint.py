@@ -10,6 +10,9 @@ A checkpoint is a dictionary saved with ``torch.save``:
 - ``rng``: the states of Python's ``random``, numpy's global generator, torch's CPU generator and
   every CUDA generator, so the next epoch draws the same patches and augmentations as an
   uninterrupted run would;
+- ``processes`` and ``rng_ranks`` (DDP runs): the number of processes and every process's
+  ``rng`` states, so a run continued with as many processes continues identically
+  (:mod:`liverseg.training.distributed`); ``early_stopping``: whether and why the run stopped early;
 - ``history``: the per-epoch records (:mod:`liverseg.training.history`);
 - ``plan`` (the whole plans.json content), ``pipeline``, ``model``, ``fold`` and ``settings``: what
   was trained, so a checkpoint explains itself without its folder.
