@@ -34,8 +34,8 @@ from liverseg.errors import LiversegError
 from liverseg.inference.sliding_window import predict_sliding_window
 from liverseg.planning.plans import ModelPlan
 from liverseg.preprocessing.case import load_preprocessed_case
-from liverseg.training.sampler import dilated_mask, label_box, map_labels
-from liverseg.training.validation import single_output
+from liverseg.training.sampler import map_labels
+from liverseg.training.validation import scored_region, single_output
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,6 @@ def mean_score(per_class: Sequence[float | None]) -> float | None:
     """The mean of the defined per-class scores; None when no class is defined."""
     values = [v for v in per_class if v is not None]
     return float(np.mean(values)) if values else None
-
-
-def scored_region(model: ModelPlan, seg: np.ndarray, spacing: Sequence[float]) -> tuple[tuple[slice, ...], np.ndarray | None]:
-    """Where a case is scored: the crop (a cascade's second stage) and the mask inside it (a masked model), or None."""
-    crop = tuple(slice(0, n) for n in seg.shape)
-    if model.roi is not None:
-        box = label_box(seg, model.roi.labels)
-        if box is not None:
-            crop = tuple(slice(max(0, lo - int(round(model.roi.margin_mm / s))), min(n, hi + int(round(model.roi.margin_mm / s))))
-                         for (lo, hi), n, s in zip(box, seg.shape, spacing))
-    mask = None
-    if model.loss_mask_dilation_mm is not None:
-        mask = dilated_mask(np.asarray(seg), model.loss_mask_labels, model.loss_mask_dilation_mm, spacing)[crop]
-    return crop, mask
 
 
 def validation_jaccard(network: nn.Module, model: ModelPlan, data_folder: Path, cases: Sequence[str], device: torch.device,

@@ -13,8 +13,9 @@ class 1 becomes label 2). Into ``validation/``: ``<case><file_ending>`` (the lab
 input's geometry), ``<case>.npz`` (``probabilities``: float16 ``(classes, Z, Y, X)`` on the
 original grid, for ensembling and model selection) and ``summary.json`` (per case and mean Dice of
 each model class against the raw reference label mapped the same way; for a model whose loss is
-masked, such as the tumour model that only ever sees the dilated liver, both are counted inside
-that region of the reference only, ``"scored_within"`` in the summary says so). The full ATLAS metrics
+masked, such as the tumour model that only ever sees the dilated liver, or a cascade's second
+stage that only ever sees the liver's box, both are counted inside that region of the reference
+only: :func:`scored_region`; ``"scored_within"`` in the summary says so). The full ATLAS metrics
 come from ``liverseg_evaluate``.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from liverseg.io.images import read_image
 from liverseg.planning.plans import ModelPlan
 from liverseg.preprocessing.case import load_preprocessed_case
 from liverseg.preprocessing.inverse import original_geometry, probabilities_to_original, write_prediction
-from liverseg.training.sampler import dilated_mask
+from liverseg.training.sampler import dilated_mask, label_box
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,7 @@ def validate_cases(
         "model": model.name,
         "classes": {str(c): name for c, name in enumerate(names, start=1)},
         "written_as_labels": {str(c): int(table[c]) for c in range(1, model.num_classes)},
-        "scored_within": "whole image" if model.loss_mask_dilation_mm is None else
-        f"labels {', '.join(map(str, model.loss_mask_labels))} of the reference dilated by {model.loss_mask_dilation_mm:g} mm",
+        "scored_within": _scope(model),
         "mean": {
             "dice": {str(c): _mean([r["dice"][str(c)] for r in rows]) for c in range(1, model.num_classes)},
             "dice_foreground": _mean([r["dice_foreground"] for r in rows]),
@@ -173,13 +173,44 @@ def _scores(classes: np.ndarray, label_file: Path, model: ModelPlan) -> dict[str
     reference = mapping[raw.astype(np.int64)]
     if reference.shape != classes.shape:
         raise ValueError(f"{label_file}: reference of shape {reference.shape}, prediction {classes.shape}")
-    if model.loss_mask_dilation_mm is not None:
-        # A masked model (the tumour model) learned nothing outside its loss region, and its
-        # pipeline never uses its output there: score it where it is defined.
-        region = dilated_mask(raw, model.loss_mask_labels, model.loss_mask_dilation_mm, geometry.spacing)
-        reference, classes = np.where(region, reference, 0), np.where(region, classes, 0)
+    crop, mask = scored_region(model, raw, geometry.spacing)
+    region = np.zeros(raw.shape, dtype=bool)
+    region[crop] = True if mask is None else mask
+    reference, classes = np.where(region, reference, 0), np.where(region, classes, 0)
     scores = {str(c): _finite(dice(reference == c, classes == c)) for c in range(1, model.num_classes)}
     return {"dice": scores, "dice_foreground": _finite(dice(reference > 0, classes > 0))}
+
+
+def scored_region(model: ModelPlan, seg: np.ndarray, spacing: Sequence[float]) -> tuple[tuple[slice, ...], np.ndarray | None]:
+    """Where a model's cases are scored: a crop and a mask inside it (None: the whole crop).
+
+    A cascade's second stage only ever sees the box its first stage hands over: the reference box
+    of its ``roi`` labels grown by the margin, as at training (without the jitter). A masked model
+    (the tumour model) learned nothing outside its loss region and its pipeline never uses its
+    output there: the reference labels dilated as its loss mask. Elsewhere their outputs are
+    meaningless and would swamp the score with false positives. ``seg`` holds the original labels.
+    """
+    crop = tuple(slice(0, n) for n in seg.shape)
+    if model.roi is not None:
+        box = label_box(seg, model.roi.labels)
+        if box is not None:
+            crop = tuple(slice(max(0, lo - int(round(model.roi.margin_mm / s))), min(n, hi + int(round(model.roi.margin_mm / s))))
+                         for (lo, hi), n, s in zip(box, seg.shape, spacing))
+    mask = None
+    if model.loss_mask_dilation_mm is not None:
+        mask = dilated_mask(np.asarray(seg), model.loss_mask_labels, model.loss_mask_dilation_mm, spacing)[crop]
+    return crop, mask
+
+
+def _scope(model: ModelPlan) -> str:
+    """What :func:`scored_region` restricts the score of ``model`` to, in words for the summary."""
+    if model.loss_mask_dilation_mm is not None:
+        return (f"labels {', '.join(map(str, model.loss_mask_labels))} of the reference dilated by "
+                f"{model.loss_mask_dilation_mm:g} mm")
+    if model.roi is not None:
+        return (f"the reference box of labels {', '.join(map(str, model.roi.labels))} grown by "
+                f"{model.roi.margin_mm:g} mm (the region the first stage hands over)")
+    return "whole image"
 
 
 def _finite(value: float) -> float | None:

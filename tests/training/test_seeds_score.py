@@ -12,7 +12,8 @@ from torch import nn
 from liverseg.errors import LiversegError
 from liverseg.planning.plans import RegionOfInterest, load_plan
 from liverseg.preprocessing.case import load_preprocessed_case
-from liverseg.training.seeds_score import confusion_counts, jaccard_from_counts, mean_score, scored_region, validation_jaccard
+from liverseg.training.seeds_score import confusion_counts, jaccard_from_counts, mean_score, validation_jaccard
+from liverseg.training.validation import scored_region
 from liverseg.training.trainer import fold_cases, preprocessed_folder
 
 DATASET = "Dataset902_TrainerPhantom"  # planned once per session by the `planned` fixture (conftest.py)

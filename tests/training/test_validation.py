@@ -91,3 +91,25 @@ def test_a_masked_model_is_scored_only_inside_its_loss_region(tmp_path):
     assert inside["dice"]["1"] == pytest.approx(2 * 8 / (8 + 12), abs=1e-5)  # summaries round to 5 digits
     unmasked = _scores(classes, label_file, _model({2: 1}))
     assert unmasked["dice"]["1"] == pytest.approx(2 * 8 / (8 + 112), abs=1e-5)
+
+
+def test_a_cascade_second_stage_is_scored_inside_the_box_it_is_handed(tmp_path):
+    """Stage 2 only ever sees the liver box plus the margin: false positives beyond it do not count."""
+    import dataclasses
+
+    import SimpleITK as sitk
+
+    from liverseg.planning.plans import RegionOfInterest
+    from liverseg.training.validation import _scores
+
+    reference = np.zeros((4, 30, 30), np.uint8)
+    reference[1:3, 5:10, 5:10] = 1                       # liver: box y, x 5..9
+    label_file = tmp_path / "case.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(reference), str(label_file))
+    classes = np.zeros_like(reference)
+    classes[1:3, 5:10, 5:10] = 1                         # the liver found (50 voxels)
+    classes[1:3, 11:12, 5:10] = 1                        # 10 false positives within the 2 mm margin
+    classes[:, 20:30, 20:30] = 1                         # 400 false positives far outside the box
+    fine = dataclasses.replace(_model({1: 1, 2: 1}), roi=RegionOfInterest((1, 2), 2.0, 0.0, "coarse"))
+    assert _scores(classes, label_file, fine)["dice"]["1"] == pytest.approx(2 * 50 / (50 + 60), abs=1e-5)
+    assert _scores(classes, label_file, _model({1: 1, 2: 1}))["dice"]["1"] == pytest.approx(2 * 50 / (50 + 460), abs=1e-5)
