@@ -38,6 +38,7 @@ from liverseg.io.dataset import RawDataset
 from liverseg.io.images import read_image
 from liverseg.planning.plans import ModelPlan
 from liverseg.preprocessing.case import load_preprocessed_case
+from liverseg.preprocessing.crop import paste_into
 from liverseg.preprocessing.inverse import original_geometry, probabilities_to_original, write_prediction
 from liverseg.training.sampler import dilated_mask, label_box
 
@@ -127,8 +128,8 @@ def validate_cases(
     with single_output(network):
         for case in tqdm(cases, desc="validation", unit="case", disable=None, leave=False):
             start = time.perf_counter()
-            data, _, properties = load_preprocessed_case(data_folder, case)
-            probabilities = _predict(network, model, data, device, use_bf16)
+            data, seg, properties = load_preprocessed_case(data_folder, case)
+            probabilities = _predict_case(network, model, data, seg, properties, device, use_bf16)
             original = probabilities_to_original(probabilities, properties)
             classes = original.argmax(0).astype(np.uint8)
             prediction = folder / f"{case}{raw.info.file_ending}"
@@ -152,6 +153,21 @@ def validate_cases(
     }
     write_json(folder / SUMMARY_FILE, summary)
     return summary
+
+
+def _predict_case(network: nn.Module, model: ModelPlan, data: np.ndarray, seg: np.ndarray | None, properties: Mapping[str, Any],
+                  device: torch.device, use_bf16: bool | str) -> np.ndarray:
+    """Probabilities on the preprocessed grid; a cascade's second stage predicts only the box it is handed.
+
+    That box is the reference's (a perfect first stage, as at training without the jitter); the
+    rest is certain background, as when the real first stage hands it over at inference.
+    """
+    if model.roi is None or seg is None:
+        return _predict(network, model, data, device, use_bf16)
+    spacing = [float(v) for v in properties.get("spacing_after_resampling", properties.get("spacing_target"))]
+    crop, _ = scored_region(model, np.asarray(seg), spacing)
+    inside = _predict(network, model, np.ascontiguousarray(data[(slice(None), *crop)]), device, use_bf16)
+    return paste_into(data.shape[1:], crop, inside, fill=[1.0] + [0.0] * (model.num_classes - 1))
 
 
 def _predict(network: nn.Module, model: ModelPlan, data: np.ndarray, device: torch.device, use_bf16: bool | str) -> np.ndarray:
