@@ -39,6 +39,12 @@ def add_verbose(parser: argparse.ArgumentParser) -> argparse.Action:
     return parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
 
 
+def add_device(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> argparse.Action:
+    """``--device auto|cpu|cuda|cuda:N``, the same in every command that runs a network."""
+    return parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: a GPU if torch "
+                               "sees one, else the CPU)")
+
+
 def add_num_workers(parser: argparse.ArgumentParser, default: int, help: str) -> argparse.Action:
     """``-np/--num-workers`` with its old name ``--num-processes`` kept as a hidden alias.
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liverseg.cli.common import run_command, setup_logging
+from liverseg.cli.common import add_device, run_command, setup_logging
 from liverseg.data.phantom import SIZES
 from liverseg.demo.run import run_demo
-from liverseg.inference.device import DEVICE_CHOICES
 
 DEFAULT_WORKDIR = Path("liverseg_demo")
 
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", choices=SIZES, default="small", help="phantom size (default %(default)s; tiny runs "
                         "in about a minute but learns little)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default %(default)s)")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto: a GPU "
-                        "if torch sees one)")
+    add_device(parser)
     parser.add_argument("-np", "--num-workers", type=int, default=2, help="worker processes for data generation, "
                         "planning and evaluation (default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from liverseg.cli.common import run_command, setup_logging
-from liverseg.inference.device import DEVICE_CHOICES, configure_threads
+from liverseg.cli.common import add_device, run_command, setup_logging
+from liverseg.inference.device import configure_threads
 from liverseg.inference.models import CHECKPOINT_CHOICES
 from liverseg.selection.find_best import find_best
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="test-time mirroring while predicting the cases (4-8x slower)")
     parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="best", help="best (default: "
                         "checkpoint_best.pt, else checkpoint_latest.pt) or latest")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto)")
+    add_device(parser)
     parser.add_argument("--fp32", action="store_true", help="full precision instead of bf16/fp16 autocast")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
     parser.add_argument("-np", "--num-workers", type=int, default=2, help="threads preparing the next cases while the "

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liverseg.cli.common import run_command, setup_logging
-from liverseg.inference.device import DEVICE_CHOICES, configure_threads
+from liverseg.cli.common import add_device, run_command, setup_logging
+from liverseg.inference.device import configure_threads
 from liverseg.inference.models import CHECKPOINT_CHOICES
 from liverseg.inference.predictor import Predictor
 from liverseg.inference.run import predict_folder
@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default=None, help="best (default: checkpoint_best.pt, "
                         "else checkpoint_latest.pt) or latest (the weights at the end of training)")
     inference = parser.add_argument_group("inference")
-    inference.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto: a GPU "
-                           "if torch sees one)")
+    add_device(inference)
     inference.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring (4-8x faster, "
                            "slightly less accurate)")
     inference.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (default "

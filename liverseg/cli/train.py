@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from liverseg.cli.common import run_command, setup_logging
-from liverseg.inference.device import DEVICE_CHOICES
+from liverseg.cli.common import add_device, run_command, setup_logging
 from liverseg.training import distributed
 from liverseg.training.run import train
 from liverseg.training.settings import PRECISIONS
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--pipeline", required=True, help="pipeline of plans.json: multiclass, dual_binary, cascade, ...")
     parser.add_argument("-f", "--fold", required=True, help="fold of splits.json (0, 1, ...), or 'all' to train on every case")
     parser.add_argument("-m", "--model", default=None, help="train only this model of the pipeline (e.g. tumour; default: every model)")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICE_CHOICES)} or cuda:N (default auto: a GPU if torch "
-                        "sees one)")
+    add_device(parser)
     parser.add_argument("--continue", dest="continue_training", action="store_true", help="resume from the newest checkpoint "
                         "of the folder (model, optimiser, schedule, random states, log); with --epochs, extend the schedule")
     parser.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the plan's)")
