@@ -19,8 +19,6 @@ so a file cannot run code; nothing is ever downloaded):
 from __future__ import annotations
 
 import logging
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from liverseg.errors import LiversegError
+from liverseg.io.torch_files import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -97,15 +96,9 @@ def transfer_2d_encoder(ahnet: nn.Module, source: Mapping[str, Any] | str | Path
 
 def load_2d_weights(path: str | Path) -> dict[str, Tensor]:
     """The network state dict stored in ``path`` (a state dict or a liverseg checkpoint), on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise LiversegError(f"{path}: no such weight file; give the path of a 2D model's state dict or checkpoint (.pt)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise LiversegError(f"{path}: cannot be read as torch weights ({reason[:300]}); give a file written by "
-                            "torch.save(model.state_dict(), ...) or a liverseg checkpoint") from None
+    loaded = load_torch_file(path, "no such weight file; give the path of a 2D model's state dict or checkpoint (.pt)",
+                             "cannot be read as torch weights; give a file written by torch.save(model.state_dict(), "
+                             "...) or a liverseg checkpoint")
     return _state_dict_of(loaded, str(path))
 
 

@@ -25,10 +25,8 @@ old one), so a process killed while saving leaves the previous checkpoint intact
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +36,7 @@ from torch import nn
 
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import atomic_output
+from liverseg.io.torch_files import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +58,9 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> float:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and check a checkpoint (tensors on the CPU); a LiversegError says what is wrong with a bad file."""
     path = Path(path)
-    if not path.is_file():
-        raise LiversegError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LiversegError(f"{path}: cannot be read as a checkpoint ({reason[:300]}); the file is damaged or not a "
-                            "liverseg checkpoint: delete it (a run continues from the other checkpoint of its "
-                            "folder) or start the run again") from None
+    state = load_torch_file(path, "no such checkpoint",
+                            "cannot be read as a checkpoint; the file is damaged or not a liverseg checkpoint: delete "
+                            "it (a run continues from the other checkpoint of its folder) or start the run again")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise LiversegError(f"{path}: not a liverseg checkpoint (no '{CHECKPOINT_FORMAT}' marker); liverseg can only "
                             "continue from or initialise with checkpoints written by liverseg_train")
