@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liverseg.cli.common import add_device, run_command, setup_logging
+from liverseg.cli.common import add_device, add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.data.phantom import SIZES
 from liverseg.demo.run import run_demo
 
@@ -29,9 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "in about a minute but learns little)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training (default %(default)s)")
     add_device(parser)
-    parser.add_argument("-np", "--num-workers", type=int, default=2, help="worker processes for data generation, "
-                        "planning and evaluation (default %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_num_workers(parser, 2, "worker processes for data generation, planning and evaluation (default %(default)s)")
+    add_verbose(parser)
     return parser
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from liverseg.cli.common import add_device, run_command, setup_logging
+from liverseg.cli.common import add_device, add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.inference.device import configure_threads
 from liverseg.inference.models import CHECKPOINT_CHOICES
 from liverseg.selection.find_best import find_best
@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(parser)
     parser.add_argument("--fp32", action="store_true", help="full precision instead of bf16/fp16 autocast")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs this process may use)")
-    parser.add_argument("-np", "--num-workers", type=int, default=2, help="threads preparing the next cases while the "
-                        "network runs, and scoring cases (default %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_num_workers(parser, 2, "threads preparing the next cases while the network runs, and scoring cases "
+                    "(default %(default)s)")
+    add_verbose(parser)
     return parser
 
 
