@@ -6,10 +6,14 @@ whatever the number of cases or worker processes, and the sizes share one patien
 
 Sizes: ``full`` scans look like real ones (256-512 voxels in-plane over a 350-450 mm field of
 view, 40-100 slices, the whole liver covered). ``small`` (about 128 x 128 x 32) and ``tiny``
-(about 48 x 48 x 16) keep voxel spacings in the ATLAS ranges but shrink the patient so that the
-same anatomy fits the smaller matrix: body-frame millimetres are scaled per axis to world
-millimetres. The effective resolution is therefore coarser, and lesion diameters are at least
-three in-plane voxels so every drawn lesion is visible. ``lesion_diameters_mm`` are in world mm.
+(about 48 x 48 x 16) shrink the patient so that the same anatomy fits the smaller matrix: body-frame
+millimetres become world millimetres by one fixed factor per size and axis (:data:`BODY_SCALE`),
+so within a dataset every patient has its natural size, as in a real cohort. The scan's field of
+view and matrix vary from case to case, and the voxel spacing follows from them (field of view
+over matrix), staying inside the ATLAS ranges. (Scaling the patient with a randomly drawn spacing
+instead would make the same liver twice as large in one case as in another after resampling, a
+variation no real cohort has.) Lesion diameters are at least three in-plane voxels so every drawn
+lesion is visible. ``lesion_diameters_mm`` are in world mm.
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ SLICE_SPACING = (2.0, 4.6)
 FULL_MATRICES = (256, 288, 320, 384, 432, 448, 512)
 STORED_ORIENTATIONS = ("RAS", "RPS", "LAS", "LPI")  # flipped storage of 20 % of the cases
 BODY_Z_RANGE = (-400.0, 250.0)  # body-frame heights any scan may cover
+# World mm per body mm (z, y, x) of the shrunken sizes; with their matrices and the 350-450 mm
+# (in-plane) and 210-300 mm (z) body fields of view, spacings come out inside the ATLAS ranges.
+BODY_SCALE = {"small": (0.375, 0.32, 0.32), "tiny": (0.19, 0.12, 0.12)}
 
 
 @dataclass
@@ -103,7 +110,10 @@ def _draw_scan(rng: np.random.Generator, size: str) -> _Scan:
         nz = base[0] + int(small_pick[0] % 5) - 2
         ny = base[1] + 4 * (int(small_pick[1] % 5) - 2)
         nx = base[1] + 4 * (int(small_pick[2] % 5) - 2)
-        shape, spacing, fov = (nz, ny, nx), (slices, inplane, inplane), (fov_z, fov_xy, fov_xy)
+        scale_z, scale_y, scale_x = BODY_SCALE[size]
+        pixel = fov_xy * scale_y / ((ny + nx) / 2)  # square pixels; the matrix's aspect sets the field's
+        shape, spacing = (nz, ny, nx), (fov_z * scale_z / nz, pixel, pixel)
+        fov = (fov_z, ny * pixel / scale_y, nx * pixel / scale_x)
     origin = (-(shape[2] - 1) / 2 * spacing[2], -(shape[1] - 1) / 2 * spacing[1], origin_z)
     return _Scan(shape, tuple(round(s, 4) for s in spacing), fov, shift, top_fraction, origin, orientation)
 
