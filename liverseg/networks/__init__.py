@@ -1,7 +1,8 @@
 """Segmentation networks, looked up by the name a plan gives them.
 
-Built-in: ``"unet"`` (:class:`liverseg.networks.unet.UNet`) and ``"ahnet"``
-(:class:`liverseg.networks.ahnet.AHNet`, 2D encoder on every slice, 3D decoder). Add a network without editing
+Built-in: ``"unet"`` (:class:`liverseg.networks.unet.UNet`), ``"ahnet"``
+(:class:`liverseg.networks.ahnet.AHNet`, 2D encoder on every slice, 3D decoder) and ``"unet_2d"``
+(:class:`liverseg.networks.slice_unet.SliceUNet`, the 2D configuration's U-Net on every slice). Add a network without editing
 liverseg, either by decorating it in any module that is imported before training::
 
     from liverseg.networks import NETWORKS
@@ -25,6 +26,7 @@ from torch import nn
 
 from liverseg.errors import LiversegError
 from liverseg.networks.ahnet import AHNet
+from liverseg.networks.slice_unet import SliceUNet
 from liverseg.networks.unet import UNet
 from liverseg.registry import Registry
 
@@ -33,8 +35,9 @@ ENTRY_POINT_GROUP = "liverseg.networks"
 NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network", entry_point_group=ENTRY_POINT_GROUP)
 NETWORKS.register("unet")(UNet)
 NETWORKS.register("ahnet")(AHNet)
+NETWORKS.register("unet_2d")(SliceUNet)
 
-__all__ = ["AHNet", "ENTRY_POINT_GROUP", "NETWORKS", "UNet", "available_networks", "build_network", "get_network"]
+__all__ = ["AHNet", "ENTRY_POINT_GROUP", "NETWORKS", "SliceUNet", "UNet", "available_networks", "build_network", "get_network"]
 
 
 def available_networks() -> list[str]:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from liverseg.networks.unet import Decoder, Encoder, UNet, _init_he, _per_stage, _validate
+from liverseg.networks.unet import Decoder, Encoder, UNet
 
 DECODER_Z_KERNEL = 3
 
@@ -111,21 +111,20 @@ class AHNet(UNet):
         deep_supervision: bool = True,
         negative_slope: float = 0.01,
     ) -> None:
-        # UNet's methods work on any encoder/decoder pair; its constructor would build the 3D encoder.
-        nn.Module.__init__(self)
-        n_stages = _validate(in_channels, num_classes, kernel_sizes, strides, features_per_stage, 3, negative_slope)
-        encoder_convs = _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage")
-        decoder_convs = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
-        self.dims, self.in_channels, self.num_classes = 3, int(in_channels), int(num_classes)
-        # In-plane kernels and strides only: 1 along z (the module docstring says why).
+        super().__init__(in_channels, num_classes, kernel_sizes, strides, features_per_stage, n_conv_per_stage,
+                         n_conv_per_stage_decoder, deep_supervision, dims=3, negative_slope=negative_slope)
+
+    def build_encoder(self, in_channels: int, kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
+                      features_per_stage: Sequence[int], n_conv_per_stage: Sequence[int], nonlin_kwargs: dict) -> Encoder:
+        """A 2D encoder on every slice: the plan's in-plane kernels and strides, 1 along z (module docstring)."""
         kernels = [(1, int(k[1]), int(k[2])) for k in kernel_sizes]
         in_plane_strides = [(1, int(s[1]), int(s[2])) for s in strides]
-        self.encoder = Encoder(in_channels, kernels, in_plane_strides, features_per_stage,
-                               encoder_convs, nn.Conv3d, SliceInstanceNorm, nn.LeakyReLU,
-                               {"negative_slope": negative_slope, "inplace": True})
-        self.decoder = Decoder(_DecoderSpec.from_encoder(self.encoder), num_classes, decoder_convs)  # type: ignore[arg-type]
-        self.apply(lambda module: _init_he(module, negative_slope))
-        self.set_deep_supervision(deep_supervision)
+        return Encoder(in_channels, kernels, in_plane_strides, features_per_stage, n_conv_per_stage, nn.Conv3d,
+                       SliceInstanceNorm, nn.LeakyReLU, nonlin_kwargs)
+
+    def build_decoder(self, encoder: Encoder, num_classes: int, n_conv_per_stage: Sequence[int]) -> Decoder:
+        """The ``unet`` decoder with 3D convolutions, 3 deep along z."""
+        return Decoder(_DecoderSpec.from_encoder(encoder), num_classes, n_conv_per_stage)  # type: ignore[arg-type]
 
     @property
     def slice_context(self) -> int:

@@ -174,13 +174,23 @@ class UNet(nn.Module):
         n_stages = _validate(in_channels, num_classes, kernel_sizes, strides, features_per_stage, dims, negative_slope)
         encoder_convs = _per_stage(n_conv_per_stage, n_stages, "n_conv_per_stage")
         decoder_convs = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
-        conv_op, norm_op, _ = _OPS[dims]
         self.dims, self.in_channels, self.num_classes = dims, int(in_channels), int(num_classes)
-        self.encoder = Encoder(in_channels, kernel_sizes, strides, features_per_stage, encoder_convs, conv_op, norm_op,
-                               nn.LeakyReLU, {"negative_slope": negative_slope, "inplace": True})
-        self.decoder = Decoder(self.encoder, num_classes, decoder_convs)
+        self.encoder = self.build_encoder(in_channels, kernel_sizes, strides, features_per_stage, encoder_convs,
+                                          {"negative_slope": negative_slope, "inplace": True})
+        self.decoder = self.build_decoder(self.encoder, num_classes, decoder_convs)
         self.apply(lambda module: _init_he(module, negative_slope))
         self.set_deep_supervision(deep_supervision)
+
+    def build_encoder(self, in_channels: int, kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
+                      features_per_stage: Sequence[int], n_conv_per_stage: Sequence[int], nonlin_kwargs: dict) -> Encoder:
+        """The contracting path for the validated topology; a network that convolves differently overrides it."""
+        conv_op, norm_op, _ = _OPS[self.dims]
+        return Encoder(in_channels, kernel_sizes, strides, features_per_stage, n_conv_per_stage, conv_op, norm_op,
+                       nn.LeakyReLU, nonlin_kwargs)
+
+    def build_decoder(self, encoder: Encoder, num_classes: int, n_conv_per_stage: Sequence[int]) -> Decoder:
+        """The expanding path, derived from ``encoder`` (overridden by networks whose decoder differs)."""
+        return Decoder(encoder, num_classes, n_conv_per_stage)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         self.check_patch_size(tuple(x.shape[2:]))
@@ -225,18 +235,16 @@ class UNet(nn.Module):
         if len(patch_size) != self.dims:
             raise LiversegError(f"patch size {list(patch_size)} has {len(patch_size)} axes but the network is "
                                 f"{self.dims}D; give {self.dims} sizes in ({', '.join(names)}) order")
-        for name, size, factor in zip(names, patch_size, self.pooling_factors):
-            if size < factor or size % factor:
-                lower, upper = max(factor, size // factor * factor), (size // factor + 1) * factor
-                suggestion = f"{lower} or {upper}" if lower != upper else f"{lower}"
-                raise LiversegError(
-                    f"patch size {list(patch_size)}: axis {name} ({size}) is not a positive multiple of {factor}, the "
-                    f"network's total stride along {name}; use a multiple of {factor} (e.g. {suggestion}) or change the strides")
+        check_divisible(patch_size, self.pooling_factors, names)
 
     def feature_maps(self, patch_size: Sequence[int]) -> list[FeatureMap]:
         """Every feature map a training forward pass keeps for backward, per sample, as (channels, size)."""
         self.check_patch_size(patch_size)
         return self.encoder.feature_maps(patch_size) + self.decoder.feature_maps(self.encoder.stage_output_sizes(patch_size))
+
+    def skip_maps(self, patch_size: Sequence[int]) -> list[FeatureMap]:
+        """The encoder's stage outputs for ``patch_size``, which wait for the decoder (inference memory)."""
+        return list(zip(self.encoder.output_channels, self.encoder.stage_output_sizes(patch_size)))
 
     def activation_memory_bytes(self, patch_size: Sequence[int], batch_size: int, bytes_per_element: int = 4,
                                 training: bool = True) -> int:
@@ -258,7 +266,7 @@ class UNet(nn.Module):
         if training:
             elements = feature_map_elements(maps)
         else:
-            skips = list(zip(self.encoder.output_channels, self.encoder.stage_output_sizes(patch_size)))
+            skips = self.skip_maps(patch_size)
             largest = max(feature_map_elements([m]) for m in maps)
             elements = feature_map_elements(skips) + _INFERENCE_WORKING_MAPS * largest
         return int(elements) * int(batch_size) * int(bytes_per_element)
@@ -266,6 +274,17 @@ class UNet(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter values (all, or only those that currently receive gradients)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_divisible(patch_size: Sequence[int], factors: Sequence[int], names: Sequence[str]) -> None:
+    """Raise a :class:`LiversegError` unless every axis of ``patch_size`` is a positive multiple of its pooling factor."""
+    for name, size, factor in zip(names, patch_size, factors):
+        if size < factor or size % factor:
+            lower, upper = max(factor, size // factor * factor), (size // factor + 1) * factor
+            suggestion = f"{lower} or {upper}" if lower != upper else f"{lower}"
+            raise LiversegError(
+                f"patch size {list(patch_size)}: axis {name} ({size}) is not a positive multiple of {factor}, the "
+                f"network's total stride along {name}; use a multiple of {factor} (e.g. {suggestion}) or change the strides")
 
 
 def _validate(in_channels: int, num_classes: int, kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],

@@ -11,7 +11,8 @@ A key that plans.json does not have is rejected with the keys it does have (so a
 unnoticed), except inside the free-form maps (``learns``, ``sampling.classes``, ``reasons``,
 ``extra``). When an override changes a model's ``patch_size`` but not its ``strides`` or
 ``kernel_sizes``, they are derived again for the new patch by the planner's rules (a patch the
-new strides do not divide is an error naming the sizes that would work). The merged plan goes
+new strides do not divide is an error naming the sizes that would work); a 2D model's topology
+stays 2D (in-plane pooling and kernels only). The merged plan goes
 through the same validation as a loaded plans.json.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from liverseg.errors import LiversegError
 from liverseg.io.atomic import read_json
 from liverseg.planning.plans import NetworkTopology, Plan
 from liverseg.planning.templates import load_defaults
-from liverseg.planning.topology import NetworkSettings, describe_topology, strides_and_kernels
+from liverseg.planning.topology import NetworkSettings, describe_topology, is_in_plane, strides_and_kernels
 
 FREE_FORM_KEYS = frozenset({"learns", "classes", "reasons", "extra"})
 
@@ -77,7 +78,9 @@ def _rederive(merged: dict[str, Any], changes: Mapping[str, Any], plan: Plan, so
             if not isinstance(patch, list) or len(patch) != 3 or not all(isinstance(p, int) and p >= 1 for p in patch):
                 raise LiversegError(f"{where}: patch_size must be three positive integers (z, y, x); got {patch!r}")
             current = target["topology"]
-            strides, kernels = strides_and_kernels(patch, spacing, dataclasses.replace(settings, network=current["network"]))
+            in_plane = is_in_plane(current["kernel_sizes"], current["strides"])
+            strides, kernels = strides_and_kernels(patch, spacing, dataclasses.replace(settings, network=current["network"]),
+                                                   in_plane)
             features = [min(settings.base_features * 2**s, settings.max_features) for s in range(len(strides))]
             if "features_per_stage" in topology and len(topology["features_per_stage"]) == len(strides):
                 features = topology["features_per_stage"]

@@ -19,7 +19,14 @@ This module decides the rest:
   the box its liver model must see (lesions small against the liver: a smaller tumour patch with
   lesion-first sampling faces less class imbalance, the setting in which Lambert et al. 2023
   found two binary models better for the liver and on par for tumours), ``multiclass`` otherwise.
-  Boxes rather than patches decide, so the preset does not change the recommendation.
+  Boxes rather than patches decide, so the preset does not change the recommendation. A 2D
+  pipeline (every model ``"dims": 2``) is never recommended while a 3D one is emitted: only
+  cross-validation (``liverseg_find_best``) may prefer it;
+- **2D models** (the 2D configuration, nnU-Net's ``2d``): a patch of one slice holding the box's
+  in-plane extent, in-plane pooling and ``[1, 3, 3]`` kernels, a batch counted in voxels
+  (:mod:`~liverseg.planning.patch_size`), and at most as many stages as the plan's full-resolution
+  3D models have, so a 2D model's encoder fits an ``ahnet`` planned like them
+  (``liverseg_train --init-encoder-from``): 2D pipelines are planned after the 3D ones.
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from liverseg.planning.patch_size import coverage, fits_budget, percentile_exten
 from liverseg.planning.plans import ModelPlan, PipelineSpec, Plan, PlannerSettings
 from liverseg.planning.spacing import SpacingDecision, choose_target_spacing, coarser_spacings
 from liverseg.planning.templates import Defaults, ModelTemplate, PipelineTemplate, Preset
-from liverseg.planning.topology import derive_topology, describe_topology
+from liverseg.planning.topology import derive_topology, describe_topology, is_in_plane
 from liverseg.preprocessing.normalize import CT_STATS_KEYS, scheme_for_channel
 from liverseg.preprocessing.resample import target_shape
 from liverseg.preprocessing.spec import PreprocessingSpec
@@ -100,6 +107,7 @@ class _Context:
     schedule: Any
     budget_bytes: float
     percentile: float
+    stages_2d: int | None = None  # stage limit of 2D models: the full-resolution 3D models' stages
 
 
 def _normalization(stats: DatasetStats) -> tuple[tuple[str, ...], tuple[dict[str, float] | None, ...], str]:
@@ -141,7 +149,11 @@ def _spec(stats: DatasetStats, spacing: Sequence[float], decision: SpacingDecisi
 
 def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context) -> ModelPlan:
     stats, preset = ctx.stats, ctx.preset
+    in_plane = template.dims == 2
     settings = dataclasses.replace(preset.network, network=template.network)
+    capped = in_plane and ctx.stages_2d is not None and ctx.stages_2d < settings.max_stages
+    if capped:
+        settings = dataclasses.replace(settings, max_stages=ctx.stages_2d)
     num_classes = max(template.learns.values()) + 1
     image_shape = stats.median_grid_shape(spacing)
     boxes = {"liver": stats.liver_extents, "lesions": stats.lesion_extents}.get(template.bbox_target)
@@ -152,13 +164,25 @@ def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context
         desired_mm = _wanted_mm(template, ctx)
         box = _BOX_NAMES[template.bbox_target]
         what = f"the {ctx.percentile:g}th percentile of the {box} boxes plus {template.context_mm:g} mm per side"
+    if in_plane:
+        desired_mm = np.array(desired_mm, dtype=np.float64)
+        desired_mm[0] = spacing[0]
+        what += " in-plane, on one slice (a 2D model)"
     choice = plan_patch(desired_mm, image_shape, spacing, settings, ctx.budget_bytes, float(stats.grid_shapes(spacing).prod(axis=1).sum()),
-                        preset.max_patch_voxels, preset.max_batch_size, len(stats.channel_names), num_classes, what)
+                        preset.max_patch_voxels, preset.max_batch_size, len(stats.channel_names), num_classes, what, in_plane)
     patch_reason = choice.patch_reason
     if boxes is not None:
         patch_mm = np.asarray(choice.topology.patch_size) * np.asarray(spacing)
-        patch_reason += f"; holds {100 * coverage(boxes, patch_mm):.0f}% of the {len(boxes)} {box} boxes on all axes at once"
-    reasons = {"patch_size": patch_reason, "topology": describe_topology(choice.topology), "batch_size": choice.batch_reason,
+        if in_plane:
+            held = float(np.mean(np.all(boxes[:, 1:] <= patch_mm[1:] + 1e-6, axis=1))) if len(boxes) else 1.0
+            patch_reason += f"; holds {100 * held:.0f}% of the {len(boxes)} {box} boxes in-plane"
+        else:
+            patch_reason += f"; holds {100 * coverage(boxes, patch_mm):.0f}% of the {len(boxes)} {box} boxes on all axes at once"
+    topology_reason = describe_topology(choice.topology)
+    if capped:
+        topology_reason += (f"; at most {ctx.stages_2d} stages, as many as the plan's full-resolution 3D models, so its encoder "
+                            "fits an ahnet planned like them (liverseg_train --init-encoder-from)")
+    reasons = {"patch_size": patch_reason, "topology": topology_reason, "batch_size": choice.batch_reason,
                **template.reasons}
     return ModelPlan(
         name=template.name,
@@ -244,6 +268,8 @@ def _recommend(pipelines: Sequence[PipelineSpec], templates: Mapping[str, Pipeli
     emitted = {p.name: p for p in pipelines if p.emitted}
     if not emitted:
         raise LiversegError("no pipeline could be planned for this dataset (see the reasons of each template)")
+    three_d = {name: p for name, p in emitted.items() if not is_2d_pipeline(p)}
+    emitted = three_d or emitted  # a 2D pipeline is recommended only when nothing else was planned
     if "dual_binary" in emitted and "multiclass" in emitted:
         models = templates["dual_binary"].models
         tumour = next((m for m in models if m.bbox_target == "lesions"), None)
@@ -265,6 +291,30 @@ def _recommend(pipelines: Sequence[PipelineSpec], templates: Mapping[str, Pipeli
             )
     name = next(n for n in [*PIPELINE_ORDER, *emitted] if n in emitted)
     return name, f"the first emitted pipeline ({', '.join(emitted)} emitted)"
+
+
+def is_2d_pipeline(pipeline: PipelineSpec) -> bool:
+    """Whether every model of an emitted pipeline works on single slices (a 2D configuration)."""
+    return bool(pipeline.models) and all(is_in_plane(m.topology.kernel_sizes, m.topology.strides) for m in pipeline.models)
+
+
+def _stages_of_3d_models(pipelines: Sequence[PipelineSpec]) -> int | None:
+    """The most stages of the emitted full-resolution 3D models (the 2D models' limit), None without any."""
+    stages = [m.topology.num_stages for p in pipelines if p.emitted for m in p.models
+              if m.preprocessing == SPEC_IDS["full"] and not is_in_plane(m.topology.kernel_sizes, m.topology.strides)]
+    return max(stages, default=None)
+
+
+def _plan_pipelines(templates: Mapping[str, PipelineTemplate], ctx: _Context,
+                    decision: SpacingDecision) -> tuple[tuple[PipelineSpec, ...], dict[str, Any]]:
+    """Every template's pipeline in the templates' order, those with 2D models planned last (module docstring); and the coarse grid."""
+    ordered = _ordered(templates)
+    coarse: dict[str, Any] = {}
+    has_2d = {t.name for t in ordered if any(m.dims == 2 for m in t.models)}
+    planned = {t.name: _plan_pipeline(t, ctx, decision, coarse) for t in ordered if t.name not in has_2d}
+    ctx_2d = dataclasses.replace(ctx, stages_2d=_stages_of_3d_models(list(planned.values())))
+    planned.update({t.name: _plan_pipeline(t, ctx_2d, decision, coarse) for t in ordered if t.name in has_2d})
+    return tuple(planned[t.name] for t in ordered), coarse
 
 
 def _ordered(templates: Mapping[str, PipelineTemplate]) -> list[PipelineTemplate]:
@@ -296,8 +346,7 @@ def plan_from_fingerprint(
     preset_obj = defaults.preset(preset)
     ctx = _Context(stats, preset_obj, defaults.schedule_for(preset_obj), settings.gpu_memory_gb * GIB, settings.percentile)
     decision = choose_target_spacing(stats.spacings, stats.shapes)
-    coarse: dict[str, Any] = {}
-    pipelines = tuple(_plan_pipeline(t, ctx, decision, coarse) for t in _ordered(templates))
+    pipelines, coarse = _plan_pipelines(templates, ctx, decision)
     recommended, why = _recommend(pipelines, templates, ctx)
     specs = {SPEC_IDS["full"]: _spec(stats, decision.target_spacing, decision)}
     reasons = {

@@ -1,8 +1,10 @@
 """Pipeline templates and planner defaults, read from JSON files: pipelines are data.
 
 A template (``liverseg_configs/<pipeline>.json``) says which models a pipeline has, what each
-learns (label mapping), on which grid (``resolution``: ``full`` or the cascade's ``low``), what its
-patch must hold (``bbox_target`` plus ``context_mm`` per side), how patches are sampled, whether
+learns (label mapping), on which grid (``resolution``: ``full`` or the cascade's ``low``), in how
+many dimensions it works (``dims``: 3, or 2 for a model of single slices, the 2D configuration),
+what its patch must hold (``bbox_target`` plus ``context_mm`` per side, in-plane only in 2D), how
+patches are sampled, whether
 the loss is masked or the model works on a region of interest, how the outputs combine and which
 post-processing steps run. The planner fills in the numbers. Templates are read from
 ``liverseg_configs/``, then ``$LIVERSEG_PREPROCESSED/templates/``, then folders given with
@@ -20,6 +22,7 @@ from typing import Any, Mapping, Sequence
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import read_json
 from liverseg.paths import preprocessed_root
+from liverseg.networks import get_network
 from liverseg.planning.names import check_name
 from liverseg.planning.plans import RegionOfInterest, SamplingSpec, TrainingSchedule
 from liverseg.planning.topology import NetworkSettings
@@ -30,7 +33,8 @@ log = logging.getLogger(__name__)
 
 USER_TEMPLATES_FOLDER = "templates"
 _PIPELINE_KEYS = ("description", "emit", "combine", "postprocessing", "models")
-_MODEL_KEYS = ("learns", "resolution", "bbox_target", "context_mm", "network", "sampling", "loss_mask", "roi")
+_MODEL_KEYS = ("learns", "resolution", "dims", "bbox_target", "context_mm", "network", "sampling", "loss_mask", "roi")
+MODEL_DIMS = (2, 3)
 _PRESET_KEYS = ("description", "gpu_memory_gb", "network", "max_patch_voxels", "max_batch_size", "schedule")
 
 
@@ -49,6 +53,7 @@ class ModelTemplate:
     loss_mask_labels: tuple[int, ...] = ()
     loss_mask_dilation_mm: float | None = None
     roi: RegionOfInterest | None = None
+    dims: int = 3
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def _check_keys(d: Any, known: Sequence[str], where: str, optional: Sequence[str
 
 
 def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
-    d = _check_keys(d, _MODEL_KEYS, where, optional=("context_mm", "loss_mask", "roi"))
+    d = _check_keys(d, _MODEL_KEYS, where, optional=("context_mm", "loss_mask", "roi", "dims"))
     reasons: dict[str, str] = {}
     sampling = _check_keys(d["sampling"], ("lesion", "classes", "random", "patch_must_contain", "reason"), f"{where}.sampling",
                            optional=("lesion", "classes", "random", "patch_must_contain", "reason"))
@@ -142,8 +147,21 @@ def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
         raise LiversegError(f"{where}: context_mm and loss_mask.dilation_mm must be >= 0")
     if not learns or 0 in learns or min(learns.values()) < 1:
         raise LiversegError(f"{where}: learns must map original labels (not 0) to target labels >= 1; got {d['learns']!r}")
+    dims = _dims(d, where)
     return ModelTemplate(name, learns, d["resolution"], d["bbox_target"], context, d["network"],
-                         SamplingSpec.from_dict(sampling, f"{where}.sampling"), reasons, mask_labels, dilation, roi)
+                         SamplingSpec.from_dict(sampling, f"{where}.sampling"), reasons, mask_labels, dilation, roi, dims)
+
+
+def _dims(d: Mapping[str, Any], where: str) -> int:
+    """The model's ``dims`` (default 3), checked against its grid and network."""
+    dims = d.get("dims", 3)
+    if dims not in MODEL_DIMS or isinstance(dims, bool):
+        raise LiversegError(f"{where}: dims must be 3 (3D patches) or 2 (single slices, the 2D configuration); got {dims!r}")
+    if dims == 2 and d["resolution"] != "full":
+        raise LiversegError(f"{where}: a 2D model (dims 2) works at full resolution; set resolution to 'full'")
+    if dims == 3 and getattr(get_network(d["network"]), "in_plane_only", False):
+        raise LiversegError(f"{where}: network {d['network']!r} works within single slices; add \"dims\": 2 to the model")
+    return int(dims)
 
 
 def parse_template(name: str, d: Any, source: Path) -> PipelineTemplate:

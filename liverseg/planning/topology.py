@@ -16,6 +16,9 @@ Rules (after nnU-Net's, restated for ``(z, y, x)`` and anisotropic data):
 - **Deep supervision.** On: the ``unet`` then has segmentation outputs at full resolution and
   every lower level except the two lowest (bottleneck and the one above it), which are too
   coarse to carry a useful loss.
+- **In-plane only** (the 2D configuration, ``in_plane_only=True``): the same rules on y and x
+  alone; z is never pooled and every kernel, the bottleneck's included, is 1 along z
+  (``[1, 3, 3]``), so the network works on each slice by itself.
 """
 from __future__ import annotations
 
@@ -53,39 +56,46 @@ class NetworkSettings:
 
 
 def strides_and_kernels(
-    patch_size: Sequence[int], spacing: Sequence[float], settings: NetworkSettings
+    patch_size: Sequence[int], spacing: Sequence[float], settings: NetworkSettings, in_plane_only: bool = False
 ) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
     """Per-stage strides (the first all ones) and kernel sizes for a patch at ``spacing``.
 
     The rules are in the module docstring. When no axis is long enough to pool, the axes the
     spacing rule allows are pooled once anyway (a U-Net needs two stages) and the caller rounds
-    the patch up to match.
+    the patch up to match. ``in_plane_only`` leaves z alone (the 2D configuration).
     """
+    axes = (1, 2) if in_plane_only else (0, 1, 2)
     size = [float(s) for s in patch_size]
     current = [float(s) for s in spacing]
     strides: list[tuple[int, int, int]] = [(1, 1, 1)]
     kernels: list[tuple[int, int, int]] = []
     while len(strides) < settings.max_stages:
-        poolable = [a for a in range(3) if size[a] / 2 >= settings.min_feature_map_size]
+        poolable = [a for a in axes if size[a] / 2 >= settings.min_feature_map_size]
         if not poolable:
             if len(strides) > 1:
                 break
-            poolable = [0, 1, 2]
-        kernels.append(_kernel(current))
+            poolable = list(axes)
+        kernels.append(_kernel(current, axes))
         finest = min(current[a] for a in poolable)
         chosen = [a for a in poolable if current[a] < POOL_SPACING_RATIO * finest * (1 - 1e-9)]
         strides.append(tuple(2 if a in chosen else 1 for a in range(3)))  # type: ignore[arg-type]
         for a in chosen:
             size[a] /= 2
             current[a] *= 2
-    # The bottleneck always convolves along every axis, so slices are mixed at least once.
-    kernels.append((3, 3, 3))
+    # The bottleneck always convolves along every axis it may, so slices are mixed at least once in 3D.
+    kernels.append((1, 3, 3) if in_plane_only else (3, 3, 3))
     return tuple(strides), tuple(kernels)
 
 
-def _kernel(spacing: Sequence[float]) -> tuple[int, int, int]:
-    finest = min(spacing)
-    return tuple(3 if s < KERNEL_SPACING_RATIO * finest * (1 - 1e-9) else 1 for s in spacing)  # type: ignore[return-value]
+def _kernel(spacing: Sequence[float], axes: Sequence[int] = (0, 1, 2)) -> tuple[int, int, int]:
+    finest = min(spacing[a] for a in axes)
+    return tuple(3 if a in axes and s < KERNEL_SPACING_RATIO * finest * (1 - 1e-9) else 1  # type: ignore[return-value]
+                 for a, s in enumerate(spacing))
+
+
+def is_in_plane(kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]]) -> bool:
+    """Whether a topology never convolves or pools along z (every kernel and stride is 1 there): a 2D network."""
+    return all(int(k[0]) == 1 for k in kernel_sizes) and all(int(s[0]) == 1 for s in strides)
 
 
 def divisor_of(strides: Sequence[Sequence[int]]) -> tuple[int, int, int]:
@@ -98,17 +108,18 @@ def round_up(patch_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, in
     return tuple(max(d, math.ceil(p / d) * d) for p, d in zip(patch_size, divisor))  # type: ignore[return-value]
 
 
-def derive_topology(patch_size: Sequence[int], spacing: Sequence[float], settings: NetworkSettings) -> NetworkTopology:
+def derive_topology(patch_size: Sequence[int], spacing: Sequence[float], settings: NetworkSettings,
+                    in_plane_only: bool = False) -> NetworkTopology:
     """The topology for (at least) ``patch_size``: the patch is rounded up until the strides divide it.
 
     Rounding up can allow one more pooling step, so pooling and rounding are repeated until they
-    agree (at most a few rounds).
+    agree (at most a few rounds). ``in_plane_only``: a 2D topology (module docstring).
     """
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != 3 or min(patch) < 1:
         raise LiversegError(f"patch size must be three positive integers (z, y, x); got {list(patch_size)}")
     for _ in range(16):
-        strides, kernels = strides_and_kernels(patch, spacing, settings)
+        strides, kernels = strides_and_kernels(patch, spacing, settings, in_plane_only)
         rounded = round_up(patch, divisor_of(strides))
         if rounded == patch:
             break
@@ -134,7 +145,9 @@ def describe_topology(topology: NetworkTopology) -> str:
     z_steps = [i for i, s in enumerate(topology.strides) if s[0] == 2]
     z_text = f"z first pooled at stage {z_steps[0]}" if z_steps else "z never pooled"
     inplane_only = sum(1 for k in topology.kernel_sizes if k[0] == 1)
-    if inplane_only:
+    if is_in_plane(topology.kernel_sizes, topology.strides):
+        kernel_text = "[1, 3, 3] kernels in every stage: a 2D network, each slice on its own"
+    elif inplane_only:
         kernel_text = (
             f"[1, 3, 3] kernels in the first {inplane_only} stage(s), where slices are at least "
             f"{KERNEL_SPACING_RATIO:g}x thicker than the (pooled) in-plane voxels"

@@ -18,6 +18,12 @@ factor for y and x), elastic deformation does not move along z, and the low-reso
 leaves z alone: z is not interpolated between slices that lie millimetres apart, and the region's z
 extent equals the patch's, so slices stay exactly on their grid positions.
 
+One-slice patches (the 2D configuration, patch ``[1, H, W]``) are augmented in-plane only, on thick
+and thin slices alike: rotation about z, one in-plane scale, no elastic motion along z, Gaussian
+blur and the low-resolution simulation applied to the slice as a 2D image (:class:`_OnTheSlice`:
+blurring pads reflectively and cannot work along an axis of length 1), no slice-thickness
+augmentation (one slice has nothing to average with) and no mirroring along z (a no-op).
+
 Randomness. Parameters are drawn from numpy's global RNG (batchgeneratorsv2's scalars, our MRI
 transforms) and torch's global RNG (``RandomTransform``, mirroring, noise): seeding both, as
 :mod:`liverseg.training.background` does in each worker, makes a pipeline reproducible.
@@ -28,6 +34,7 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform, ImageOnlyTransform
 from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
 from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
 from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
@@ -95,6 +102,17 @@ class _ElasticMagnitude:
         return float(np.random.uniform(0.0, 0.25 * deformation_scale * patch_size[dim]))
 
 
+class _OnTheSlice(ImageOnlyTransform):
+    """Apply an image transform to the ``(c, y, x)`` image of a one-slice ``(c, 1, y, x)`` patch: in-plane only."""
+
+    def __init__(self, transform: BasicTransform) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def _apply_to_image(self, img: Any, **params: Any) -> Any:
+        return self.transform(image=img[:, 0])["image"][:, None]
+
+
 def _check_settings(patch_size: Sequence[int], mirror_axes: Sequence[int], scale_range: Sequence[float],
                     probabilities: dict[str, float]) -> None:
     if len(patch_size) != 3 or any(int(s) != s or s < 1 for s in patch_size):
@@ -138,7 +156,8 @@ def build_training_transforms(
     """The per-sample training pipeline: spatial, MRI, intensity, mirroring, deep-supervision targets.
 
     Defaults follow nnU-Net v2's (probabilities and ranges). ``anisotropic`` keeps every spatial
-    change in-plane (see the module docstring). ``rotation_deg`` is the largest rotation about each
+    change in-plane (see the module docstring), and so does a one-slice ``patch_size`` (then
+    ``slice_thickness`` and mirroring along z are left out). ``rotation_deg`` is the largest rotation about each
     allowed axis. ``bias_field`` and ``slice_thickness`` add the MRI transforms of
     :mod:`liverseg.training.mri_transforms`; ``slice_thickness_max_factor`` of 2.5 makes 2 mm slices
     look like up to 5 mm ones. With ``deep_supervision_scales`` (per output, the size relative to the
@@ -160,8 +179,16 @@ def build_training_transforms(
         raise LiversegError(f"rotation_deg and bias_field_amplitude must be >= 0, got {rotation_deg} and "
                             f"{bias_field_amplitude}")
     patch_size = tuple(int(s) for s in patch_size)
-    rotation_axes = (Z_AXIS,) if anisotropic else (0, 1, 2)
-    frozen_axes = (Z_AXIS,) if anisotropic else ()
+    one_slice = patch_size[Z_AXIS] == 1
+    in_plane = anisotropic or one_slice
+    rotation_axes = (Z_AXIS,) if in_plane else (0, 1, 2)
+    frozen_axes = (Z_AXIS,) if in_plane else ()
+    if one_slice:
+        slice_thickness = False
+        mirror_axes = tuple(a for a in mirror_axes if a != Z_AXIS)
+
+    def in_plane_image(transform: BasicTransform) -> BasicTransform:
+        return _OnTheSlice(transform) if one_slice else transform
 
     transforms: list = [SpatialTransform(
         patch_size,
@@ -173,8 +200,8 @@ def build_training_transforms(
         p_rotation=p_rotation,
         rotation=_AxisAngle(math.radians(rotation_deg), rotation_axes),
         p_scaling=p_scaling,
-        scaling=_InPlaneScale(scale_range) if anisotropic else tuple(scale_range),
-        p_synchronize_scaling_across_axes=0.0 if anisotropic else 1.0,
+        scaling=_InPlaneScale(scale_range) if in_plane else tuple(scale_range),
+        p_synchronize_scaling_across_axes=0.0 if in_plane else 1.0,
         mode_seg=_LABEL_MODES[label_interpolation],
     )]
     if bias_field:
@@ -185,15 +212,16 @@ def build_training_transforms(
     transforms += [
         RandomTransform(GaussianNoiseTransform(noise_variance=(0.0, 0.1), p_per_channel=1.0,
                                                synchronize_channels=True), p_noise),
-        RandomTransform(GaussianBlurTransform(blur_sigma=(0.5, 1.0), synchronize_channels=False,
-                                              synchronize_axes=False, p_per_channel=0.5), p_blur),
+        RandomTransform(in_plane_image(GaussianBlurTransform(blur_sigma=(0.5, 1.0), synchronize_channels=False,
+                                                             synchronize_axes=False, p_per_channel=0.5)), p_blur),
         RandomTransform(MultiplicativeBrightnessTransform(multiplier_range=BGContrast((0.75, 1.25)),
                                                           synchronize_channels=False, p_per_channel=1.0), p_brightness),
         RandomTransform(ContrastTransform(contrast_range=BGContrast((0.75, 1.25)), preserve_range=True,
                                           synchronize_channels=False, p_per_channel=1.0), p_contrast),
-        RandomTransform(SimulateLowResolutionTransform(scale=(0.5, 1.0), synchronize_channels=False,
-                                                       synchronize_axes=True, ignore_axes=frozen_axes or None,
-                                                       allowed_channels=None, p_per_channel=0.5), p_low_resolution),
+        RandomTransform(in_plane_image(SimulateLowResolutionTransform(
+            scale=(0.5, 1.0), synchronize_channels=False, synchronize_axes=True,
+            ignore_axes=None if one_slice else frozen_axes or None, allowed_channels=None, p_per_channel=0.5)),
+            p_low_resolution),
         RandomTransform(GammaTransform(gamma=BGContrast((0.7, 1.5)), p_invert_image=1.0, synchronize_channels=False,
                                        p_per_channel=1.0, p_retain_stats=1.0), p_gamma_inverted),
         RandomTransform(GammaTransform(gamma=BGContrast((0.7, 1.5)), p_invert_image=0.0, synchronize_channels=False,
@@ -225,12 +253,13 @@ def sampling_region_size(patch_size: Sequence[int], anisotropic: bool, rotation_
     """The ``(z, y, x)`` size of the region the sampler should cut so that augmentation stays inside it.
 
     It is the bounding box of the patch enlarged by ``max_scale`` (in-plane only when
-    ``anisotropic``) and rotated by up to ``rotation_deg`` about each allowed axis (z only when
-    ``anisotropic``), the angles searched on a grid. Each axis grows by an even number of voxels so
+    ``anisotropic`` or the patch is one slice) and rotated by up to ``rotation_deg`` about each
+    allowed axis (z only in those cases), the angles searched on a grid. Each axis grows by an even number of voxels so
     an unrotated patch sits exactly on the voxel grid. A smaller region only means that extreme
     rotations show some zero padding; the sampler pads regions that reach past the case.
     """
     _check_settings(patch_size, (), (1.0, max(1.0, max_scale)), {})
+    anisotropic = anisotropic or int(patch_size[Z_AXIS]) == 1
     scale = np.full(3, max(1.0, max_scale))
     if anisotropic:
         scale[Z_AXIS] = 1.0
