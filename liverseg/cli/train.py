@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16 on a CPU with native bf16 (avx512_bf16/AMX), else fp32; fp32; or bf16 mixed precision")
     parser.add_argument("--init-from", default=None, help="checkpoint whose network weights start this run (same architecture; default: random "
                         "initialisation)")
+    parser.add_argument("--init-encoder-from", default=None, metavar="PATH", help="ahnet models: start the encoder from a "
+                        "trained 2D model (e.g. the multiclass_2d pipeline's fold folder, or a .pt checkpoint or state dict), "
+                        "its kernels given a z axis; the decoder starts from scratch. Checked before training; a continued "
+                        "run (--continue) does not transfer again (default: random initialisation)")
     parser.add_argument("--init-stage2-from-stage1", action="store_true", help="cascade: start the second stage from the "
                         "first stage's weights when the networks match")
     parser.add_argument("--no-final-validation", dest="final_validation", action="store_false", default=None,
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(lambda: distributed.launch(args.ddp, _without_ddp(argv)))
     overrides = {key: getattr(args, key) for key in (
         "epochs", "iterations_per_epoch", "validation_iterations", "learning_rate", "batch_size", "save_every", "seed",
-        "num_workers", "threads", "precision", "init_from", "final_validation", "time_budget_minutes",
+        "num_workers", "threads", "precision", "init_from", "init_encoder_from", "final_validation", "time_budget_minutes",
         "early_stopping_patience")}
 
     def body() -> int:

@@ -69,6 +69,22 @@ def transfer_2d_encoder(ahnet: nn.Module, source: Mapping[str, Any] | str | Path
     channels), or a :class:`LiversegError` names the tensor and both shapes. Nothing is changed
     unless the whole transfer can be done.
     """
+    converted, report = encoder_weights(ahnet, source, strict)
+    with torch.no_grad():
+        targets = ahnet.state_dict(keep_vars=True)
+        for key, value in converted.items():
+            targets[key].copy_(value)
+    log.info("%s", report.summary())
+    return report
+
+
+def encoder_weights(ahnet: nn.Module, source: Mapping[str, Any] | str | Path,
+                    strict: bool = True) -> tuple[dict[str, Tensor], TransferReport]:
+    """The values :func:`transfer_2d_encoder` would copy into ``ahnet`` (shaped for it) and its report; nothing is changed.
+
+    The same checks and errors as the transfer, so a run can be checked before it trains (``ahnet``
+    may live on the meta device).
+    """
     name = str(source) if isinstance(source, (str, Path)) else "the given state dict"
     weights = load_2d_weights(source) if isinstance(source, (str, Path)) else _state_dict_of(source, name)
     own = {key: value for key, value in ahnet.state_dict().items() if key.startswith(ENCODER_PREFIX)}
@@ -84,14 +100,9 @@ def transfer_2d_encoder(ahnet: nn.Module, source: Mapping[str, Any] | str | Path
     if strict and (missing or extra):
         raise LiversegError(_stage_mismatch(name, missing, extra))
     converted = {key: _with_z_axis(key, encoder[key], own[key], name) for key in own if key in encoder}
-    with torch.no_grad():
-        targets = ahnet.state_dict(keep_vars=True)
-        for key, value in converted.items():
-            targets[key].copy_(value)
     report = TransferReport(name, tuple(converted), tuple(missing), tuple(sorted(unused + extra)),
                             sum(v.numel() for v in converted.values()))
-    log.info("%s", report.summary())
-    return report
+    return converted, report
 
 
 def load_2d_weights(path: str | Path) -> dict[str, Tensor]:

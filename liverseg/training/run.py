@@ -7,7 +7,9 @@ logs into its ``log.txt`` as well as to the console, and calls
 :func:`liverseg.training.trainer.train_model`. A cascade's stages train in order, the coarse stage
 first; with ``init_stage2_from_stage1`` the fine stage starts from the coarse stage's final
 weights when the two networks have the same architecture (the cascade paper initialised its
-second network this way), and from scratch otherwise. With ``seeds`` above 1 each model is chosen
+second network this way), and from scratch otherwise. With ``init_encoder_from`` an ``ahnet``'s
+encoder starts from a trained 2D model (:mod:`liverseg.training.init_encoder`, checked before any
+model trains). With ``seeds`` above 1 each model is chosen
 among that many seeds by successive halving (:mod:`liverseg.training.seeds`). Under torchrun
 (several processes, :mod:`liverseg.training.distributed`) only rank 0 copies plans.json and writes log.txt.
 """
@@ -29,6 +31,7 @@ from liverseg.planning.plans import PLANS_FILE, ModelPlan, PipelineSpec, Plan, l
 from liverseg.training import distributed
 from liverseg.training.budget import budget_shares
 from liverseg.training.checkpoint import LATEST, architectures_match, load_checkpoint
+from liverseg.training.init_encoder import check_encoder_source, start_from_2d_encoder
 from liverseg.training.seeds import check_seed_settings, train_seeds
 from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import fold_cases, preprocessed_folder
@@ -46,7 +49,7 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
 
     ``fold`` is a fold number of splits.json or ``"all"``. ``overrides`` are
     :class:`~liverseg.training.settings.TrainSettings` fields (``epochs``, ``learning_rate``,
-    ``batch_size``, ``continue_training``, ...); None means "as the plan says". A
+    ``batch_size``, ``continue_training``, ``init_encoder_from``, ...); None means "as the plan says". A
     ``time_budget_minutes`` is shared by the models in proportion to their planned work
     (:mod:`liverseg.training.budget`). ``seeds`` > 1 trains each model as a multi-seed selection
     (:func:`liverseg.training.seeds.train_seeds`). ``trainer`` names a registered trainer
@@ -72,6 +75,11 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
         fold_cases(plan, preprocessed_folder(plan, m), fold)
         if init_stage2_from_stage1 and m.roi is not None and m.roi.from_model not in [o.name for o in models]:
             _stage1_checkpoint(results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}", m)
+        if settings[m.name].init_encoder_from is not None:
+            if init_stage2_from_stage1 and m.roi is not None:
+                raise LiversegError(f"model {m.name}: --init-stage2-from-stage1 and --init-encoder-from both give its "
+                                    "starting weights; give one of them")
+            check_encoder_source(plan, m, settings[m.name].init_encoder_from)
     folders = []
     started = time.monotonic()
     for index, m in enumerate(models):
@@ -88,6 +96,7 @@ def train(dataset: str, pipeline: str, fold: int | str, model: str | None = None
             if init_stage2_from_stage1 and m.roi is not None and not model_settings.continue_training:
                 stage1 = results_root() / name / spec.name / m.roi.from_model / f"fold_{fold}"
                 model_settings = _with_stage1_weights(plan, m, stage1, model_settings)
+            model_settings = start_from_2d_encoder(plan, m, model_settings, folder, spec.name, fold)
             log.info("liverseg_train: dataset %s, pipeline %s, model %s, fold %s, settings %s", name, spec.name, m.name, fold,
                      model_settings.to_dict())
             if seeds is not None and seeds > 1:

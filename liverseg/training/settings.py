@@ -47,9 +47,12 @@ class TrainSettings:
     online validation loss has not improved for that many epochs (0: never;
     :mod:`liverseg.training.early_stopping`). ``stop_after_epoch`` pauses the run after that many
     epochs without changing its schedule (a later ``continue_training`` goes on exactly as if it had
-    never paused; multi-seed selection trains its seeds rung by rung this way). ``init_from`` is a checkpoint whose network weights start the run (e.g. a cascade's second stage
-    from its first). ``explicit`` names the fields the user gave (the others came from the plan or
-    the defaults).
+    never paused; multi-seed selection trains its seeds rung by rung this way). ``init_from`` is a
+    checkpoint whose network weights start the run (e.g. a cascade's second stage from its first);
+    a continued run that has a checkpoint resumes from it instead. ``init_encoder_from`` is a 2D
+    model (weight file or results folder) whose encoder starts an ``ahnet``'s
+    (:mod:`liverseg.training.init_encoder`, which turns it into ``init_from`` once the transfer is
+    done). ``explicit`` names the fields the user gave (the others came from the plan or the defaults).
     """
 
     epochs: int
@@ -65,6 +68,7 @@ class TrainSettings:
     precision: str = "auto"
     continue_training: bool = False
     init_from: Path | None = None
+    init_encoder_from: Path | None = None
     final_validation: bool = True
     time_budget_minutes: float | None = None
     early_stopping_patience: int = 0
@@ -96,9 +100,6 @@ class TrainSettings:
         if device not in DEVICE_CHOICES and not device.startswith("cuda:"):
             raise LiversegError(f"{_option('device')} must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N); "
                                 f"got {self.device!r}")
-        if self.init_from is not None and self.continue_training:
-            raise LiversegError("--init-from starts a new run from other weights and --continue resumes this one; "
-                                "give one of them")
 
     @classmethod
     def from_overrides(cls, model: ModelPlan, **values: Any) -> "TrainSettings":
@@ -113,8 +114,15 @@ class TrainSettings:
             raise LiversegError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         check_plan_names(model)
         given = {k: v for k, v in values.items() if v is not None}
-        if given.get("init_from") is not None:
-            given["init_from"] = Path(given["init_from"])
+        if given.get("init_from") is not None and given.get("continue_training"):
+            raise LiversegError("--init-from starts a new run from other weights and --continue resumes this one; "
+                                "give one of them")
+        if given.get("init_from") is not None and given.get("init_encoder_from") is not None:
+            raise LiversegError("--init-from and --init-encoder-from both give the weights the run starts from; give one "
+                                "of them")
+        for key in ("init_from", "init_encoder_from"):
+            if given.get(key) is not None:
+                given[key] = Path(given[key])
         schedule = model.schedule
         base = {
             "epochs": schedule.epochs,
@@ -133,10 +141,13 @@ class TrainSettings:
     def resumed(self, saved: Mapping[str, Any], completed_epochs: int) -> "TrainSettings":
         """The settings of a run continued from a checkpoint saved with ``saved`` after ``completed_epochs``.
 
-        Values not given now come from the checkpoint. ``epochs`` may grow (extending the schedule)
-        but not fall below the epochs already done; the learning rate cannot change mid-run.
+        Values not given now come from the checkpoint, and so does the record of an encoder transfer
+        (``init_encoder_from``). ``epochs`` may grow (extending the schedule) but not fall below the
+        epochs already done; the learning rate cannot change mid-run.
         """
         taken = {name: saved[name] for name in RESUMED_FIELDS if name not in self.explicit and name in saved}
+        if self.init_encoder_from is None and saved.get("init_encoder_from"):
+            taken["init_encoder_from"] = Path(saved["init_encoder_from"])  # the record of how the run started
         merged = replace(self, **taken)
         if merged.epochs < completed_epochs:
             raise LiversegError(f"--epochs {merged.epochs} is fewer than the {completed_epochs} epochs this run has already "
@@ -150,6 +161,7 @@ class TrainSettings:
         """JSON-ready dictionary (for checkpoints and logs)."""
         d = asdict(self)
         d["init_from"] = None if self.init_from is None else str(self.init_from)
+        d["init_encoder_from"] = None if self.init_encoder_from is None else str(self.init_encoder_from)
         d["explicit"] = sorted(self.explicit)
         return d
 
@@ -195,7 +207,7 @@ def check_plan_names(model: ModelPlan) -> None:
 _OPTIONS = {"epochs": "--epochs", "iterations_per_epoch": "--iters-per-epoch", "validation_iterations": "--val-iters",
             "learning_rate": "--lr", "batch_size": "--batch-size", "save_every": "--save-every", "seed": "--seed",
             "num_workers": "-np", "threads": "--threads", "time_budget_minutes": "--time-budget", "precision": "--precision", "device": "--device",
-            "early_stopping_patience": "--early-stopping"}
+            "early_stopping_patience": "--early-stopping", "init_from": "--init-from", "init_encoder_from": "--init-encoder-from"}
 
 
 def _option(name: str) -> str:
