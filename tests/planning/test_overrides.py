@@ -66,3 +66,11 @@ def test_overrides_files_must_be_json_objects(tmp_path):
         load_overrides(tmp_path / "missing.json")
     (tmp_path / "ok.json").write_text(json.dumps({"recommended": "multiclass"}))
     assert load_overrides(tmp_path / "ok.json") == {"recommended": "multiclass"}
+
+
+def test_a_2d_models_new_patch_size_keeps_it_2d(atlas_plan):
+    changes = {"pipelines": {"multiclass_2d": {"models": {"multiclass": {"topology": {"patch_size": [1, 96, 96]}}}}}}
+    topology = apply_overrides(atlas_plan, changes).pipeline("multiclass_2d").model("multiclass").topology
+    # 96 halves to 48, 24, 12, 6 (a feature map keeps at least 4 voxels): four poolings in-plane, none along z.
+    assert topology.patch_size == (1, 96, 96) and topology.num_stages == 5
+    assert all(s[0] == 1 for s in topology.strides) and all(k == (1, 3, 3) for k in topology.kernel_sizes)

@@ -162,3 +162,54 @@ def test_a_dataset_without_livers_cannot_be_planned(fingerprints):
 def test_unknown_preset_is_a_user_error(fingerprints):
     with pytest.raises(LiversegError, match="unknown preset 'huge'; presets: default, fast"):
         _plan(fingerprints.atlas(num_cases=3), preset="huge")
+
+
+def _without_2d(templates):
+    return {name: t for name, t in templates.items() if name != "multiclass_2d"}
+
+
+@pytest.mark.parametrize("preset", ["default", "fast"])
+def test_the_2d_configuration_sees_one_slice_of_the_liver_box_with_the_3d_models_stages(fingerprints, preset):
+    fp = fingerprints.atlas()
+    plan = _plan(fp, preset=preset)
+    two_d = plan.pipeline("multiclass_2d")
+    model = two_d.model("multiclass")
+    topology = model.topology
+    assert two_d.emitted and topology.network == "unet_2d" and topology.patch_size[0] == 1
+    assert all(k[0] == 1 for k in topology.kernel_sizes) and all(s[0] == 1 for s in topology.strides)
+    # In-plane: the 95th percentile of the liver boxes plus 10 mm per side, as for the 3D liver models, unless
+    # the median image is smaller (memory is no limit for one slice here).
+    spacing = plan.preprocessing["fullres"].target_spacing
+    wanted = np.ceil((np.percentile(_liver_extents(fp), 95, axis=0) + 20) / spacing - 1e-6)[1:]
+    median = np.median([c["shape_after_crop"] for c in fp["cases"].values()], axis=0)[1:]
+    assert np.all(np.array(topology.patch_size[1:]) >= np.minimum(wanted, median) - 1e-9)
+    three_d = [m.topology.num_stages for p in plan.pipelines if p.emitted and p.name != "multiclass_2d" for m in p.models
+               if m.preprocessing == "fullres"]
+    assert topology.num_stages == max(three_d)
+    assert model.batch_size > plan.pipeline("multiclass").model("multiclass").batch_size
+    assert plan.recommended != "multiclass_2d" and "in-plane" in model.reasons["patch_size"]
+
+
+def test_a_2d_batch_holds_at_most_the_voxels_of_the_presets_largest_3d_batch(fingerprints):
+    plan = _plan(fingerprints.atlas(), preset="fast")
+    preset = load_defaults().preset("fast")
+    model = plan.pipeline("multiclass_2d").model("multiclass")
+    assert model.batch_size * math.prod(model.topology.patch_size) <= preset.max_batch_size * preset.max_patch_voxels
+    assert model.batch_size > preset.max_batch_size
+
+
+def test_adding_the_2d_configuration_leaves_the_3d_pipelines_as_they_were(fingerprints):
+    fp = fingerprints.atlas()
+    with_2d = _plan(fp)
+    without = plan_from_fingerprint(fp, _without_2d(load_templates()), load_defaults())
+    assert [p.to_dict() for p in with_2d.pipelines if p.name != "multiclass_2d"] == [p.to_dict() for p in without.pipelines]
+    assert (with_2d.recommended, with_2d.reasons) == (without.recommended, without.reasons)
+
+
+def test_a_2d_pipeline_is_recommended_only_when_nothing_else_is_planned(fingerprints):
+    templates = load_templates()
+    plan = plan_from_fingerprint(fingerprints.atlas(), {"multiclass_2d": templates["multiclass_2d"]}, load_defaults())
+    assert plan.recommended == "multiclass_2d"
+    # Alone, the 2D model is not limited to the stages of 3D models: its in-plane patch decides.
+    assert plan.pipeline("multiclass_2d").model("multiclass").topology.num_stages >= \
+        _plan(fingerprints.atlas()).pipeline("multiclass_2d").model("multiclass").topology.num_stages

@@ -65,6 +65,26 @@ def test_bad_templates_name_the_file_and_the_problem(tmp_path, stores, changes, 
     assert "bad.json" in str(error.value)
 
 
+def test_the_2d_configuration_is_a_template_of_one_slice_models():
+    template = load_templates()["multiclass_2d"]
+    assert template.emit == "always" and [(m.name, m.dims, m.network) for m in template.models] == [("multiclass", 2, "unet_2d")]
+    assert all(m.dims == 3 for name, t in load_templates().items() if name != "multiclass_2d" for m in t.models)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"dims": 4}, "dims must be 3 \\(3D patches\\) or 2"),
+    ({"dims": 2, "resolution": "low"}, "a 2D model \\(dims 2\\) works at full resolution"),
+    ({"network": "unet_2d"}, "network 'unet_2d' works within single slices; add \"dims\": 2"),
+])
+def test_bad_dims_name_the_file_and_what_to_change(tmp_path, stores, changes, message):
+    content = _template()
+    content["models"]["multiclass"].update(changes)
+    (tmp_path / "bad.json").write_text(json.dumps(content))
+    with pytest.raises(LiversegError, match=message) as error:
+        load_templates([tmp_path])
+    assert "bad.json: models.multiclass" in str(error.value)
+
+
 def test_missing_template_folder_is_a_user_error(tmp_path, stores):
     with pytest.raises(LiversegError, match="does not exist"):
         load_templates([tmp_path / "nowhere"])

@@ -55,3 +55,16 @@ def test_a_tiny_patch_still_gets_two_stages():
 def test_bad_settings_are_user_errors(change):
     with pytest.raises(LiversegError):
         NetworkSettings(**change)
+
+
+def test_an_in_plane_topology_never_pools_or_convolves_along_z():
+    settings = NetworkSettings()
+    # 64 in-plane voxels halve to 32, 16, 8, 4: four poolings, five stages; z stays one slice.
+    topology = derive_topology([1, 60, 64], (3.0, 1.0, 1.0), settings, in_plane_only=True)
+    assert topology.patch_size == (1, 64, 64)
+    assert topology.strides == ((1, 1, 1),) + ((1, 2, 2),) * 4
+    assert topology.kernel_sizes == ((1, 3, 3),) * 5
+    assert "a 2D network" in describe_topology(topology)
+    # The same in-plane extent in 3D pools and convolves z as soon as the spacing allows.
+    three_d = derive_topology([16, 64, 64], (3.0, 1.0, 1.0), settings)
+    assert any(s[0] == 2 for s in three_d.strides) and three_d.kernel_sizes[-1] == (3, 3, 3)
