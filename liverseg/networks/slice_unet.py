@@ -6,9 +6,10 @@ augmentation, loss, deep supervision, validation and the sliding window work unc
 network folds z into the batch: ``(B, C, Z, H, W) -> (B*Z, C, H, W)`` through
 ``UNet(..., dims=2)``, and back. Every slice is segmented on its own, whatever the patch's depth.
 
-It takes the plan's topology as every network does, in ``(z, y, x)`` order, with 1 along z in
-every kernel and stride (``[1, 3, 3]``, ``[1, 2, 2]``); the z entries are dropped to build the 2D
-network. So:
+It takes the plan's topology as every network does, in ``(z, y, x)`` order, and reads it as the
+``ahnet``'s encoder does: the in-plane kernels and strides ``[ky, kx]``, ``[sy, sx]`` build the 2D
+network and the z entries are ignored (it works within slices; the 2D configuration plans them as
+1, and a 3D model's topology switches to ``"network": "unet_2d"`` by that one edit). So:
 
 - its parameters are exactly those of ``UNet(..., dims=2)`` with the in-plane kernels and strides
   (same names, shapes ``(O, I, ky, kx)``): its state dict is a 2D U-Net's, which
@@ -32,12 +33,9 @@ from liverseg.networks.unet import UNet, check_divisible
 class SliceUNet(UNet):
     """``UNet(dims=2)`` on every slice of ``(B, C, Z, Y, X)`` inputs; see the module docstring.
 
-    Arguments are the ``unet``'s, with kernels and strides given as ``[1, ky, kx]`` and
-    ``[1, sy, sx]`` (a ``ValueError`` names the first stage that convolves or pools along z).
+    Arguments are the ``unet``'s for a ``(z, y, x)`` topology (one ``[z, y, x]`` kernel and stride and
+    one width per stage); only the in-plane entries are used.
     """
-
-    #: Works within single slices: the planner gives it a 2D topology (a template model with ``"dims": 2``).
-    in_plane_only = True
 
     def __init__(
         self,
@@ -95,12 +93,12 @@ class SliceUNet(UNet):
 
 
 def _in_plane(entries: Sequence[Sequence[int]], what: str) -> list[list[int]]:
-    """``[1, a, b]`` entries as ``[a, b]``; a ValueError names a stage with another z entry."""
+    """``[z, y, x]`` entries as ``[y, x]``; a ValueError names a stage whose entry is not three numbers."""
     planar = []
     for stage, entry in enumerate(entries):
-        if not isinstance(entry, Sequence) or len(entry) != 3 or entry[0] != 1:
-            raise ValueError(f"stage {stage}: {what} {entry!r} must be [1, y, x]: the unet_2d works within slices "
-                             "(plan it with the 2D configuration, or use 'unet' or 'ahnet')")
+        if not isinstance(entry, Sequence) or len(entry) != 3:
+            raise ValueError(f"stage {stage}: {what} {entry!r} must be [z, y, x] (the plan's order; the unet_2d uses "
+                             "y and x)")
         planar.append([entry[1], entry[2]])
     return planar
 

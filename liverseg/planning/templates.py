@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 from liverseg.errors import LiversegError
 from liverseg.io.atomic import read_json
 from liverseg.paths import preprocessed_root
-from liverseg.networks import get_network
 from liverseg.planning.names import check_name
 from liverseg.planning.plans import RegionOfInterest, SamplingSpec, TrainingSchedule
 from liverseg.planning.topology import NetworkSettings
@@ -153,14 +152,12 @@ def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
 
 
 def _dims(d: Mapping[str, Any], where: str) -> int:
-    """The model's ``dims`` (default 3), checked against its grid and network."""
+    """The model's ``dims`` (default 3), checked against its grid."""
     dims = d.get("dims", 3)
     if dims not in MODEL_DIMS or isinstance(dims, bool):
         raise LiversegError(f"{where}: dims must be 3 (3D patches) or 2 (single slices, the 2D configuration); got {dims!r}")
     if dims == 2 and d["resolution"] != "full":
         raise LiversegError(f"{where}: a 2D model (dims 2) works at full resolution; set resolution to 'full'")
-    if dims == 3 and getattr(get_network(d["network"]), "in_plane_only", False):
-        raise LiversegError(f"{where}: network {d['network']!r} works within single slices; add \"dims\": 2 to the model")
     return int(dims)
 
 

@@ -74,7 +74,6 @@ def test_the_2d_configuration_is_a_template_of_one_slice_models():
 @pytest.mark.parametrize("changes, message", [
     ({"dims": 4}, "dims must be 3 \\(3D patches\\) or 2"),
     ({"dims": 2, "resolution": "low"}, "a 2D model \\(dims 2\\) works at full resolution"),
-    ({"network": "unet_2d"}, "network 'unet_2d' works within single slices; add \"dims\": 2"),
 ])
 def test_bad_dims_name_the_file_and_what_to_change(tmp_path, stores, changes, message):
     content = _template()
