@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from liverseg.errors import LiversegError  # noqa: E402
-from liverseg.io.atomic import atomic_output  # noqa: E402
+from liverseg.io.atomic import save_figure  # noqa: E402
 from liverseg.io.dataset import RawDataset  # noqa: E402
 from liverseg.io.images import read_image  # noqa: E402
 
@@ -67,8 +67,4 @@ def write_preview(dataset_root: Path, output_png: Path, max_cases: int = 6) -> P
         _show(ax_axial, image[z], label[z], sy / sx, f"{case} axial {z}", flip_rows=False)
         _show(ax_coronal, image[:, y], label[:, y], sz / sx, f"coronal {y}", flip_rows=True)
     fig.tight_layout()
-    output_png = Path(output_png)
-    with atomic_output(output_png) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return output_png
+    return save_figure(fig, output_png, dpi=110)

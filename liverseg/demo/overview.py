@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from liverseg.io.atomic import atomic_output
+from liverseg.io.atomic import save_figure
 from liverseg.io.images import read_image
 
 LIVER, TUMOUR = 1, 2
@@ -97,8 +97,4 @@ def plot_overview(cases: Sequence[tuple[str, Path, Path, Path, str]], histories:
         bottom[2].text(0.0, 0.5, "contours: liver green, tumour red\nleft: scan, middle: reference,\nright: prediction",
                        fontsize=9, va="center")
     figure.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=90)

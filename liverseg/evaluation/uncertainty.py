@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from liverseg.errors import LiversegError
-from liverseg.io.atomic import atomic_output
+from liverseg.io.atomic import save_figure
 
 STATUS_RULES = ("overlap", "hit")
 
@@ -161,7 +161,4 @@ def plot_uncertainty(lesions: Sequence[dict[str, Any]], path: str | Path, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)

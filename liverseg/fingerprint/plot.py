@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from liverseg.io.atomic import atomic_output  # noqa: E402
+from liverseg.io.atomic import save_figure  # noqa: E402
 
 _PATCH_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple")
 
@@ -109,6 +109,4 @@ def plot_fingerprint(
     _diameter_panel(axes[1, 1], diameters)
     fig.suptitle(f"{fingerprint['dataset']}: {fingerprint['num_cases']} cases")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -31,6 +31,23 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it (also when writing fails).
+
+    Closing matters: pyplot keeps every open figure alive, and plots redrawn every epoch would
+    otherwise pile up in memory.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(figure)
+    return path
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_output(path) as tmp:

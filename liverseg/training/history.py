@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from liverseg.io.atomic import atomic_output
+from liverseg.io.atomic import save_figure
 
 EMA_WEIGHT_OLD = 0.9  # nnU-Net's smoothing: ema = 0.9 * ema + 0.1 * mean pseudo-Dice
 
@@ -84,11 +84,10 @@ def plot_progress(records: Sequence[dict[str, Any]], class_names: Sequence[str],
         for axis in axes:
             axis.grid(alpha=0.3)
         figure.tight_layout()
-        with atomic_output(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=80)
-    finally:
+    except BaseException:
         plt.close(figure)
-    return Path(path)
+        raise
+    return save_figure(figure, path, dpi=80)
 
 
 def _nan(value: float | None) -> float:

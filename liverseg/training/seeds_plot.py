@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from liverseg.io.atomic import atomic_output
+from liverseg.io.atomic import save_figure
 
 
 def plot_selection(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -51,11 +51,10 @@ def plot_selection(state: Mapping[str, Any], path: str | Path) -> Path:
         score_axis.set_xlabel("epochs done")
         score_axis.set_xlim(0, state["epochs"] + 0.5)
         figure.tight_layout()
-        with atomic_output(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=80)
-    finally:
+    except BaseException:
         plt.close(figure)
-    return Path(path)
+        raise
+    return save_figure(figure, path, dpi=80)
 
 
 def _nan(value: float | None) -> float:
