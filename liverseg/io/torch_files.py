@@ -11,7 +11,8 @@ import torch
 from liverseg.errors import LiversegError
 
 # What torch.load raises on a truncated, damaged or foreign file.
-_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError)
+# torch.load raises KeyError or IndexError on some text or truncated files.
+_UNREADABLE = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError)
 
 
 def load_torch_file(path: str | Path, missing: str, unreadable: str) -> Any:

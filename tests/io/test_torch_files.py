@@ -19,3 +19,6 @@ def test_missing_and_damaged_files_name_the_file_and_the_remedy(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
     with pytest.raises(LiversegError, match=r"bad\.pt: cannot be read \(.+\); give another file$"):
         load_torch_file(tmp_path / "bad.pt", "missing", "cannot be read; give another file")
+    (tmp_path / "notes.txt").write_text("hello weights\n")  # torch.load fails on this one with a KeyError
+    with pytest.raises(LiversegError, match=r"notes\.txt: cannot be read"):
+        load_torch_file(tmp_path / "notes.txt", "missing", "cannot be read; give another file")
