@@ -93,7 +93,8 @@ def _draw_scan(rng: np.random.Generator, size: str) -> _Scan:
     """Matrix, spacing and field of view; every size makes the same draws so cases stay aligned."""
     u = rng.uniform
     fov_xy, fov_z = u(350, 450), u(210, 300)
-    inplane, slices = u(*INPLANE_SPACING), u(*SLICE_SPACING)
+    u(*INPLANE_SPACING)  # no longer used (spacing follows the field of view); drawn so every later draw stays as it was
+    slices = u(*SLICE_SPACING)
     matrix_pick, small_pick = rng.random(), rng.integers(0, 1 << 30, 3)
     shift = (u(-20, 10), u(-15, 15))
     top_fraction = u(0.1, 0.6)
