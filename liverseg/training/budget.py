@@ -4,10 +4,13 @@ A user with ten minutes of CPU (``liverseg_demo``, a quick look at a new dataset
 model that time allows, not a run cut off halfway through its learning-rate schedule. With a
 budget the trainer therefore *shortens the schedule* instead of stopping early: after each epoch
 :func:`epochs_within_budget` estimates from the epochs so far how many fit in the time left and,
-when fewer than planned, the poly schedule is re-aimed at that end, so the run still finishes
-with a decayed learning rate. The estimate uses the mean duration of the epochs so far (the
-first epoch included: it also pays for starting workers, which every epoch does); it never
-lengthens a schedule and never ends it before the epoch in progress.
+whenever that differs from the current end, the poly schedule is re-aimed at it, so the run still
+finishes with a decayed learning rate. The estimate is the mean duration of the last
+``RECENT_EPOCHS`` epochs: the first epoch is often slower (caches, kernel selection) and a run's
+pace changes when a neighbouring job starts or ends, so an early, pessimistic end is lengthened
+again once the epochs are faster (a run whose first epoch took 27 s and the others 22 s lost
+five of its 25 epochs while the end could only move earlier). The end never goes past the
+requested epochs and never before the epoch in progress.
 
 The budget counts training epochs only (``epoch_seconds`` of the run's history, resumed parts
 included); the final whole-case validation comes on top. Epoch counts then depend on the
@@ -24,21 +27,25 @@ from typing import Any, Mapping, Sequence
 
 from liverseg.planning.plans import ModelPlan
 
+RECENT_EPOCHS = 3  # epochs whose mean duration predicts the next ones
 
-def epochs_within_budget(history: Sequence[Mapping[str, Any]], budget_seconds: float, planned_epochs: int) -> int:
+
+def epochs_within_budget(history: Sequence[Mapping[str, Any]], budget_seconds: float, requested_epochs: int) -> int:
     """The number of epochs the run should have in total so that training ends within ``budget_seconds``.
 
-    ``history`` is the run's per-epoch records (each with ``epoch_seconds``), at least one. The
-    answer is between ``len(history)`` (stop now) and ``planned_epochs`` (the budget is no limit).
+    ``history`` is the run's per-epoch records (each with ``epoch_seconds``). The answer is between
+    ``len(history)`` (stop now) and ``requested_epochs`` (the budget is no limit), estimated from
+    the pace of the last :data:`RECENT_EPOCHS` epochs.
     """
     done = len(history)
     if done == 0:
-        return planned_epochs
+        return requested_epochs
     spent = sum(float(r["epoch_seconds"]) for r in history)
-    per_epoch = spent / done
+    recent = [float(r["epoch_seconds"]) for r in history[-RECENT_EPOCHS:]]
+    per_epoch = sum(recent) / len(recent)
     remaining = budget_seconds - spent
-    affordable = done + max(0, math.floor(remaining / per_epoch)) if per_epoch > 0 else planned_epochs
-    return max(done, min(planned_epochs, affordable))
+    affordable = done + max(0, math.floor(remaining / per_epoch)) if per_epoch > 0 else requested_epochs
+    return max(done, min(requested_epochs, affordable))
 
 
 def model_work(model: ModelPlan, epochs: int | None = None, iterations_per_epoch: int | None = None) -> float:

@@ -146,6 +146,7 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
         if state.early_stop is not None:  # a continued run that had stopped early stays stopped
             log.info("%s; to train on, continue with a larger --early-stopping or with --early-stopping 0",
                      describe_early_stop(state.early_stop))
+        requested_epochs = settings.epochs  # a time budget may move the schedule's end, never beyond this
         while state.epoch < settings.end_epoch and state.early_stop is None:
             record = run_epoch(parts, plan, model, data_folder, (train_cases, online_val), settings, state.epoch)
             record = distributed.broadcast_object(record)  # one history on every process: the same decisions
@@ -154,7 +155,7 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
             state.history.append(record)
             state.epoch += 1
             log.info(format_record(record, names))
-            settings = fit_schedule_to_budget(parts, state, settings)
+            settings = fit_schedule_to_budget(parts, state, settings, requested_epochs)
             state.early_stop = early_stop(state.history, settings.early_stopping_patience)
             if state.early_stop is not None:
                 log.info(describe_early_stop(state.early_stop))
@@ -175,11 +176,15 @@ def train_model(plan: Plan, model: ModelPlan, fold: int | str, results_dir: str 
             "early_stopping": state.early_stop}
 
 
-def fit_schedule_to_budget(parts: TrainingParts, state: RunState, settings: TrainSettings) -> TrainSettings:
-    """``settings`` with fewer epochs (and the schedule re-aimed) when the rest would overrun the time budget."""
+def fit_schedule_to_budget(parts: TrainingParts, state: RunState, settings: TrainSettings,
+                           requested_epochs: int) -> TrainSettings:
+    """``settings`` with the schedule's end (and the learning-rate decay) moved to the epochs the time budget allows.
+
+    The end may move earlier or, when the epochs got faster, later again, up to ``requested_epochs``.
+    """
     if settings.time_budget_minutes is None:
         return settings
-    epochs = epochs_within_budget(state.history, settings.time_budget_minutes * 60, settings.epochs)
+    epochs = epochs_within_budget(state.history, settings.time_budget_minutes * 60, requested_epochs)
     if epochs == settings.epochs:
         return settings
     log.info("time budget of %.1f min: the schedule ends after epoch %d instead of %d", settings.time_budget_minutes,

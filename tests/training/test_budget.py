@@ -18,15 +18,23 @@ def _history(*seconds: float) -> list[dict]:
     return [{"epoch": i, "epoch_seconds": s} for i, s in enumerate(seconds)]
 
 
-@pytest.mark.parametrize("seconds, budget, planned, expected", [
-    ((10.0,), 100.0, 50, 10),          # 10 s per epoch: 9 more fit in the 90 s left
-    ((10.0, 20.0), 100.0, 50, 6),      # mean 15 s, 70 s left: 4 more
-    ((10.0,), 1000.0, 20, 20),         # the budget is no limit: the plan's epochs
-    ((30.0, 30.0), 50.0, 20, 2),       # already over budget: stop after the epochs done
-    ((), 10.0, 20, 20),                # nothing measured yet: keep the plan
+@pytest.mark.parametrize("seconds, budget, requested, expected", [
+    ((10.0,), 100.0, 50, 10),                 # 10 s per epoch: 9 more fit in the 90 s left
+    ((10.0, 20.0), 100.0, 50, 6),             # mean 15 s, 70 s left: 4 more
+    ((40.0, 10.0, 10.0, 10.0), 200.0, 50, 17),  # the slow first epoch no longer counts: 13 more at 10 s
+    ((10.0,), 1000.0, 20, 20),                # the budget is no limit: the requested epochs
+    ((30.0, 30.0), 50.0, 20, 2),              # already over budget: stop after the epochs done
+    ((), 10.0, 20, 20),                       # nothing measured yet: keep the request
 ])
-def test_epochs_within_budget_from_the_mean_epoch_time(seconds, budget, planned, expected):
-    assert epochs_within_budget(_history(*seconds), budget, planned) == expected
+def test_epochs_within_budget_from_the_pace_of_the_last_epochs(seconds, budget, requested, expected):
+    assert epochs_within_budget(_history(*seconds), budget, requested) == expected
+
+
+def test_the_budgeted_end_moves_later_again_when_epochs_get_faster():
+    slow_start = _history(30.0)
+    assert epochs_within_budget(slow_start, 300.0, 100) == 10  # 30 s per epoch: 9 more
+    faster = _history(30.0, 15.0, 15.0, 15.0)
+    assert epochs_within_budget(faster, 300.0, 100) == 4 + 15  # 225 s left at 15 s per epoch
 
 
 def test_budget_shares_follow_the_planned_work_of_each_model(planned):
