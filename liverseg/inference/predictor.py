@@ -17,8 +17,9 @@ unless a :class:`~liverseg.io.images.Geometry` is given. Arrays come back in the
 ``(z, y, x)`` layout; :meth:`Prediction.to_sitk` restores the input's own orientation and header.
 
 Per case: each model's preprocessing (crop, normalise, resample: the training's own code), the
-sliding window of every fold (Gaussian-weighted, mirrored in-plane only where the model's grid
-has thick slices, otherwise along all three axes), the fold average of the softmax
+sliding window of every fold (Gaussian-weighted, mirrored along the axes the model was mirrored
+along in training: in-plane only where its grid has thick slices, all three axes otherwise, not
+at all for a model trained without mirroring), the fold average of the softmax
 probabilities, the pipeline's combine rule (:mod:`liverseg.inference.combine`: probabilities
 mapped back onto the original grid before any argmax), post-processing, and the lesion report
 (:mod:`liverseg.postprocessing.report`). An ensemble of pipelines
@@ -51,7 +52,7 @@ from liverseg.postprocessing.report import lesion_instance_map, lesion_report
 from liverseg.preprocessing.case import PreprocessedCase, preprocess_arrays
 from liverseg.preprocessing.crop import BBox
 from liverseg.preprocessing.inverse import probabilities_to_original
-from liverseg.training.data import ALL_AXES, IN_PLANE_AXES, is_anisotropic
+from liverseg.training.data import model_mirror_axes
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,11 @@ class Predictor:
     - ``device``: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` or ``cuda:N``;
       ``accumulate_device``: where full-volume probabilities are summed (default: ``device``;
       ``cpu`` when a large volume does not fit beside the network on a GPU);
-    - ``tta``: test-time mirroring; ``mirror_axes``: ``"auto"`` = y and x (4 passes) for a model
-      whose grid has thick slices (z at least twice the in-plane spacing, the training's own
-      rule), all three axes (8 passes) otherwise; or explicit axes (0 = z); :attr:`mirror_axes`
-      then maps each model (``<pipeline>/<model>`` in an ensemble) to its axes;
+    - ``tta``: test-time mirroring; ``mirror_axes``: ``"auto"`` = the axes the model was mirrored
+      along in training (its plan's ``mirroring``: y and x, 4 passes, on thick slices; all
+      three, 8 passes, otherwise; none for dual_binary's liver model, which then runs once); or
+      explicit axes (0 = z); :attr:`mirror_axes` maps each model (``<pipeline>/<model>`` in an
+      ensemble) to its axes (None: no mirroring);
     - ``step``: window spacing as a fraction of the patch (0.5 = half a patch overlap);
       ``batch_windows``: windows per forward pass;
     - ``use_bf16``: ``"auto"`` = bf16 autocast on CPUs with native bf16 (fp16 on GPUs), ``False``
@@ -240,7 +242,7 @@ class Predictor:
             if mirror_axes != "auto":
                 raise LiversegError(f"mirror_axes must be 'auto' or a list of axes (0 = z, 1 = y, 2 = x); "
                                     f"got {mirror_axes!r}")
-            return IN_PLANE_AXES if is_anisotropic(model.spec.target_spacing) else ALL_AXES
+            return model_mirror_axes(model.plan, model.spec.target_spacing) or None
         mirror_combinations(mirror_axes)  # validates
         return tuple(int(a) for a in mirror_axes)
 

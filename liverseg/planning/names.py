@@ -22,6 +22,8 @@ KNOWN_NAMES: dict[str, tuple[str, ...]] = {
     "bbox_target": ("liver", "lesions", "volume"),
     # The grid a model works on: the plan's target spacing, or the cascade's coarse spacing.
     "resolution": ("full", "low"),
+    # Which axes a model is mirrored along: nnU-Net's (in-plane on thick slices, else all), or none.
+    "mirroring": ("auto", "none"),
     # When a pipeline is worth training: always, or only when volumes are much larger than a patch.
     "emit": ("always", "large_volume"),
 }

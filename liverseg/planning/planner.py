@@ -41,7 +41,7 @@ from liverseg.errors import LiversegError
 from liverseg.planning.memory import GIB
 from liverseg.planning.patch_size import coverage, fits_budget, percentile_extent, plan_patch
 from liverseg.planning.plans import ModelPlan, PipelineSpec, Plan, PlannerSettings
-from liverseg.planning.spacing import SpacingDecision, choose_target_spacing, coarser_spacings
+from liverseg.planning.spacing import SpacingDecision, choose_target_spacing, coarser_spacings, default_mirror_axes
 from liverseg.planning.templates import Defaults, ModelTemplate, PipelineTemplate, Preset
 from liverseg.planning.topology import derive_topology, describe_topology, is_in_plane
 from liverseg.preprocessing.normalize import CT_STATS_KEYS, scheme_for_channel
@@ -182,8 +182,9 @@ def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context
     if capped:
         topology_reason += (f"; at most {ctx.stages_2d} stages, as many as the plan's full-resolution 3D models, so its encoder "
                             "fits an ahnet planned like them (liverseg_train --init-encoder-from)")
+    mirror_axes = () if template.mirroring == "none" else default_mirror_axes(spacing, one_slice=in_plane)  # for the reason
     reasons = {"patch_size": patch_reason, "topology": topology_reason, "batch_size": choice.batch_reason,
-               **template.reasons}
+               "mirroring": _describe_mirroring(mirror_axes), **template.reasons}
     return ModelPlan(
         name=template.name,
         learns=dict(template.learns),
@@ -197,7 +198,16 @@ def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context
         loss_mask_dilation_mm=template.loss_mask_dilation_mm,
         roi=template.roi,
         reasons=reasons,
+        mirroring=template.mirroring,
     )
+
+
+def _describe_mirroring(axes: Sequence[int]) -> str:
+    if not axes:
+        return "no mirroring, in training or at test time"
+    names = " and ".join("zyx"[a] for a in axes)
+    return (f"mirrored along {names} in training (probability 0.5 per axis) and at test time ({2 ** len(axes)} passes): "
+            "nnU-Net's axes for this grid")
 
 
 def _coarse_spacing(ctx: _Context, target: Sequence[float], templates: Sequence[ModelTemplate]) -> tuple[float, float, float] | None:

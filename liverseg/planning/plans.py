@@ -50,8 +50,9 @@ class ModelPlan:
     background): ``{1: 1, 2: 1}`` for a liver model, ``{2: 1}`` for a tumour model.
     ``preprocessing`` names the plan's preprocessing spec (the grid and normalisation). With
     ``loss_mask_dilation_mm`` set, the loss counts only voxels within that distance of
-    ``loss_mask_labels`` (the tumour model's dilated liver mask). ``reasons`` says why each number
-    is what it is.
+    ``loss_mask_labels`` (the tumour model's dilated liver mask). ``mirroring`` is how the model is
+    mirrored in training and at test time: ``auto`` (nnU-Net's axes for its grid, also what a plan
+    written before the key existed gets) or ``none``. ``reasons`` says why each number is what it is.
     """
 
     name: str
@@ -66,8 +67,10 @@ class ModelPlan:
     loss_mask_dilation_mm: float | None = None
     roi: RegionOfInterest | None = None
     reasons: dict[str, str] = field(default_factory=dict)
+    mirroring: str = "auto"
 
     def __post_init__(self) -> None:
+        check_name("mirroring", self.mirroring)
         if not self.learns or not all(isinstance(v, int) and v >= 1 for v in self.learns.values()):
             raise LiversegError(f"learns must map original labels to target labels >= 1; got {self.learns!r}")
         if 0 in self.learns:
@@ -99,6 +102,7 @@ class ModelPlan:
             "loss_mask_labels": list(self.loss_mask_labels),
             "loss_mask_dilation_mm": self.loss_mask_dilation_mm,
             "roi": None if self.roi is None else self.roi.to_dict(),
+            "mirroring": self.mirroring,
             "reasons": dict(self.reasons),
         }
 

@@ -36,6 +36,20 @@ _NNUNET_PERCENTILE = 10
 COARSENING_STEP = 1.1
 
 
+IN_PLANE_AXES = (1, 2)
+ALL_AXES = (0, 1, 2)
+
+
+def is_anisotropic(spacing: Sequence[float]) -> bool:
+    """Whether a ``(z, y, x)`` grid has thick slices: z at least ``ANISOTROPY_THRESHOLD`` times the in-plane spacing."""
+    return float(spacing[0]) / max(float(spacing[1]), float(spacing[2])) >= ANISOTROPY_THRESHOLD
+
+
+def default_mirror_axes(spacing: Sequence[float], one_slice: bool = False) -> tuple[int, ...]:
+    """nnU-Net's mirroring axes for a grid: y and x on thick slices or single slices, all three otherwise."""
+    return IN_PLANE_AXES if one_slice or is_anisotropic(spacing) else ALL_AXES
+
+
 @dataclass(frozen=True)
 class SpacingDecision:
     """The plan's target spacing and z policy, with what nnU-Net would have chosen."""

@@ -3,6 +3,8 @@
 A template (``liverseg_configs/<pipeline>.json``) says which models a pipeline has, what each
 learns (label mapping), on which grid (``resolution``: ``full`` or the cascade's ``low``), in how
 many dimensions it works (``dims``: 3, or 2 for a model of single slices, the 2D configuration),
+whether it is mirrored in training and at test time (``mirroring``: ``auto``, nnU-Net's axes, or
+``none``),
 what its patch must hold (``bbox_target`` plus ``context_mm`` per side, in-plane only in 2D), how
 patches are sampled, whether
 the loss is masked or the model works on a region of interest, how the outputs combine and which
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 USER_TEMPLATES_FOLDER = "templates"
 _PIPELINE_KEYS = ("description", "emit", "combine", "postprocessing", "models")
-_MODEL_KEYS = ("learns", "resolution", "dims", "bbox_target", "context_mm", "network", "sampling", "loss_mask", "roi")
+_MODEL_KEYS = ("learns", "resolution", "dims", "bbox_target", "context_mm", "network", "sampling", "loss_mask", "roi",
+               "mirroring")
 MODEL_DIMS = (2, 3)
 _PRESET_KEYS = ("description", "gpu_memory_gb", "network", "max_patch_voxels", "max_batch_size", "schedule")
 
@@ -53,6 +56,7 @@ class ModelTemplate:
     loss_mask_dilation_mm: float | None = None
     roi: RegionOfInterest | None = None
     dims: int = 3
+    mirroring: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def _check_keys(d: Any, known: Sequence[str], where: str, optional: Sequence[str
 
 
 def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
-    d = _check_keys(d, _MODEL_KEYS, where, optional=("context_mm", "loss_mask", "roi", "dims"))
+    d = _check_keys(d, _MODEL_KEYS, where, optional=("context_mm", "loss_mask", "roi", "dims", "mirroring"))
     reasons: dict[str, str] = {}
     sampling = _check_keys(d["sampling"], ("lesion", "classes", "random", "patch_must_contain", "reason"), f"{where}.sampling",
                            optional=("lesion", "classes", "random", "patch_must_contain", "reason"))
@@ -130,7 +134,12 @@ def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
         roi = dict(_check_keys(roi, ("labels", "margin_mm", "jitter_mm", "from_model", "reason"), f"{where}.roi", optional=("reason",)))
         reasons["roi"] = str(roi.pop("reason", ""))
         roi = RegionOfInterest.from_dict(roi, f"{where}.roi")
+    mirroring = _check_keys(d.get("mirroring") or {"axes": "auto"}, ("axes", "reason"), f"{where}.mirroring",
+                            optional=("reason",))
+    if "reason" in mirroring:
+        reasons["mirroring"] = str(mirroring["reason"])
     try:
+        check_name("mirroring", mirroring["axes"])
         learns = {int(k): int(v) for k, v in dict(d["learns"]).items()}
         context = float(d.get("context_mm", 0.0))
         dilation = None if not loss_mask else float(loss_mask["dilation_mm"])
@@ -148,7 +157,8 @@ def _model_template(name: str, d: Any, where: str) -> ModelTemplate:
         raise LiversegError(f"{where}: learns must map original labels (not 0) to target labels >= 1; got {d['learns']!r}")
     dims = _dims(d, where)
     return ModelTemplate(name, learns, d["resolution"], d["bbox_target"], context, d["network"],
-                         SamplingSpec.from_dict(sampling, f"{where}.sampling"), reasons, mask_labels, dilation, roi, dims)
+                         SamplingSpec.from_dict(sampling, f"{where}.sampling"), reasons, mask_labels, dilation, roi, dims,
+                         mirroring["axes"])
 
 
 def _dims(d: Mapping[str, Any], where: str) -> int:

@@ -8,7 +8,9 @@ Augmentation settings from the plan:
 
 - **anisotropic** when the model's grid has a z spacing at least ``ANISOTROPY_THRESHOLD`` (2) times
   the coarser in-plane spacing, the planner's own rule for thick slices: rotation and scaling then
-  stay in-plane, mirroring is over y and x only, and slice-thickness augmentation is on;
+  stay in-plane and slice-thickness augmentation is on;
+- **mirroring** as the model's ``mirroring`` in the plan says: ``auto``, nnU-Net's axes (y and x
+  on thick slices or single slices, all three otherwise), or ``none`` (dual_binary's liver model);
 - **bias field** augmentation when every channel is MRI (a dataset.json channel name other than
   ``CT``): a smooth multiplicative field is what MRI coils do and CT scanners do not;
 - training regions are larger than the patch (:func:`~liverseg.training.augmentation.sampling_region_size`)
@@ -39,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from liverseg.planning.plans import ModelPlan, Plan
-from liverseg.planning.spacing import ANISOTROPY_THRESHOLD
+from liverseg.planning.spacing import default_mirror_axes, is_anisotropic
 from liverseg.preprocessing.normalize import scheme_for_channel
 from liverseg.training.augmentation import build_training_transforms, build_validation_transforms, sampling_region_size
 from liverseg.training.background import background_augmenter
@@ -48,13 +50,12 @@ from liverseg.training.patch_loader import PatchLoader
 
 log = logging.getLogger(__name__)
 
-IN_PLANE_AXES = (1, 2)
-ALL_AXES = (0, 1, 2)
 
-
-def is_anisotropic(spacing: Sequence[float]) -> bool:
-    """Whether a ``(z, y, x)`` grid has thick slices: z at least ``ANISOTROPY_THRESHOLD`` times the in-plane spacing."""
-    return float(spacing[0]) / max(float(spacing[1]), float(spacing[2])) >= ANISOTROPY_THRESHOLD
+def model_mirror_axes(model: ModelPlan, spacing: Sequence[float]) -> tuple[int, ...]:
+    """The axes ``model`` is mirrored along on a grid of ``spacing``, in training and at test time (none: ``()``)."""
+    if model.mirroring == "none":
+        return ()
+    return default_mirror_axes(spacing, one_slice=int(model.topology.patch_size[0]) == 1)
 
 
 def is_mri(plan: Plan) -> bool:
@@ -120,7 +121,7 @@ def training_batches(
     train_loader = PatchLoader(data_folder, train_cases, model, region, seed, train_stream, batch_size, shard)
     val_loader = PatchLoader(data_folder, val_cases, model, patch, seed, val_stream, batch_size, shard) if val_cases else None
     augmentation_seed = seed if shard is None else rank_seed(seed, shard[0])
-    transforms = build_training_transforms(patch, anisotropic, mirror_axes=IN_PLANE_AXES if anisotropic else ALL_AXES,
+    transforms = build_training_transforms(patch, anisotropic, mirror_axes=model_mirror_axes(model, spec.target_spacing),
                                            bias_field=is_mri(plan), slice_thickness=anisotropic)
     has_mask = model.loss_mask_dilation_mm is not None
     log.info("model %s: patch %s, training regions %s (%s), batch %d, %d training / %d validation case(s), %d worker(s)",

@@ -128,6 +128,8 @@ def test_mirroring_is_in_plane_on_thick_slices_and_on_every_axis_otherwise(train
     predictor = Predictor.from_folder(trained_env.dataset, "cascade")
     # fine grid: z 3.1 mm over 1.1 mm in-plane; coarse grid: 3.1 over 2.2 mm, under the 2x anisotropy threshold
     assert predictor.mirror_axes == {"coarse": (0, 1, 2), "fine": (1, 2)}
+    # dual_binary's liver model was trained without mirroring (its plan's "mirroring": "none"): one pass
+    assert Predictor.from_folder(trained_env.dataset, "dual_binary").mirror_axes == {"liver": None, "tumour": (1, 2)}
     assert Predictor.from_folder(trained_env.dataset, "cascade", mirror_axes=[2]).mirror_axes == {"coarse": (2,), "fine": (2,)}
     with pytest.raises(LiversegError, match="mirror axes"):
         Predictor.from_folder(trained_env.dataset, "cascade", mirror_axes=[3])

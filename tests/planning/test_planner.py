@@ -61,6 +61,13 @@ def test_thick_slice_mri_keeps_z_spacing_and_convolves_in_plane_first(fingerprin
     assert "nnU-Net would upsample to" in atlas_plan.reasons["target_spacing"]
 
 
+def test_dual_binary_s_liver_model_is_not_mirrored_and_the_others_get_nnunet_s_axes(atlas_plan):
+    liver, tumour = atlas_plan.pipeline("dual_binary").model("liver"), atlas_plan.pipeline("dual_binary").model("tumour")
+    assert liver.mirroring == "none" and "liver always lies on the patient's right" in liver.reasons["mirroring"]
+    assert tumour.mirroring == "auto" and tumour.reasons["mirroring"].startswith("mirrored along y and x in training")
+    assert atlas_plan.pipeline("multiclass").model("multiclass").mirroring == "auto"
+
+
 def test_tumour_patch_is_smaller_than_the_liver_patch_and_dual_binary_is_recommended(atlas_plan):
     dual = atlas_plan.pipeline("dual_binary")
     tumour, liver = dual.model("tumour").topology.patch_size, dual.model("liver").topology.patch_size

@@ -52,6 +52,7 @@ def _tumour(d):
     (lambda d: d.update(recommended="cascade2"), "recommended pipeline 'cascade2' is not an emitted pipeline"),
     (lambda d: d.update(version=PLAN_VERSION + 1), "plan version 2 is not 1; run liverseg_plan again"),
     (lambda d: d["preprocessing"]["fullres"].update(order_z_image=2), "order_z_image must be one of"),
+    (lambda d: _tumour(d).update(mirroring="sometimes"), "models.tumour: unknown mirroring name 'sometimes'; known: auto, none"),
 ])
 def test_impossible_or_unknown_values_are_rejected_with_the_place(atlas_plan, tmp_path, edit, message):
     path = tmp_path / "plans.json"
@@ -83,6 +84,16 @@ def test_a_hand_edit_within_the_rules_is_accepted(atlas_plan, tmp_path):
     tumour = plan.pipeline("dual_binary").model("tumour")
     assert tumour.batch_size == 2 and tumour.schedule.epochs == 300
     assert list(plan.pipeline("dual_binary").postprocessing) == steps
+
+
+def test_a_plan_written_before_mirroring_existed_mirrors_every_model_as_nnunet(atlas_plan, tmp_path):
+    d = atlas_plan.to_dict()
+    for pipeline in d["pipelines"].values():
+        for model in pipeline["models"].values():
+            del model["mirroring"]
+    (tmp_path / "plans.json").write_text(json.dumps(d))
+    plan = load_plan(tmp_path / "plans.json")
+    assert {m.mirroring for p in plan.pipelines for m in p.models} == {"auto"}
 
 
 def test_missing_or_invalid_files_are_user_errors(tmp_path):

@@ -57,6 +57,10 @@ def test_templates_in_the_preprocessed_store_replace_built_in_ones(stores):
      "unknown resolution name 'half'"),
     (dict(models={"m": {"learns": {"0": 1}, "resolution": "full", "bbox_target": "liver", "network": "unet", "sampling": {}}}),
      "learns must map original labels \\(not 0\\)"),
+    (dict(models={"m": {"learns": {"1": 1}, "resolution": "full", "bbox_target": "liver", "network": "unet", "sampling": {},
+                        "mirroring": {"axes": "x"}}}), "unknown mirroring name 'x'"),
+    (dict(models={"m": {"learns": {"1": 1}, "resolution": "full", "bbox_target": "liver", "network": "unet", "sampling": {},
+                        "mirroring": {"reason": "why"}}}), "models.m.mirroring: missing key\\(s\\) axes"),
 ])
 def test_bad_templates_name_the_file_and_the_problem(tmp_path, stores, changes, message):
     (tmp_path / "bad.json").write_text(json.dumps(_template(**changes)))

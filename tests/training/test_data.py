@@ -11,7 +11,7 @@ import torch
 
 from liverseg.errors import LiversegError
 from liverseg.training.background import worker_pids
-from liverseg.training.data import is_anisotropic, is_mri, training_batches
+from liverseg.training.data import is_anisotropic, is_mri, model_mirror_axes, training_batches
 
 MODELS = [("multiclass", "multiclass"), ("dual_binary", "liver"), ("dual_binary", "tumour"),
           ("cascade", "coarse"), ("cascade", "fine")]
@@ -109,6 +109,16 @@ def test_augmentation_settings_follow_the_grid_and_the_channels(phantom):
     assert is_anisotropic((2.0, 1.0, 0.8)) and not is_anisotropic((1.9, 1.0, 1.0)) and not is_anisotropic((1.0, 1.0, 1.0))
     assert is_mri(plan)
     assert not is_mri(dataclasses.replace(plan, channel_names={"0": "CT"}))
+
+
+def test_mirroring_follows_the_plan_and_the_grid(phantom):
+    plan, liver, _, _ = _args(phantom, "dual_binary", "liver")
+    _, tumour, _, _ = _args(phantom, "dual_binary", "tumour")
+    thick, isotropic = plan.preprocessing[tumour.preprocessing].target_spacing, (1.0, 1.0, 1.0)
+    assert liver.mirroring == "none" and model_mirror_axes(liver, thick) == () and model_mirror_axes(liver, isotropic) == ()
+    assert model_mirror_axes(tumour, thick) == (1, 2) and model_mirror_axes(tumour, isotropic) == (0, 1, 2)
+    _, one_slice, _, _ = _args(phantom, "multiclass_2d", "multiclass")  # single slices: never along z
+    assert model_mirror_axes(one_slice, isotropic) == (1, 2)
 
 
 def test_missing_preprocessed_data_is_a_clear_error(phantom, tmp_path):
