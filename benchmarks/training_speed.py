@@ -4,7 +4,8 @@ Makes a ``small`` phantom dataset (or reuses ``--root``), plans it with ``--pres
 
 1. **network step**: one optimiser step (forward, deep-supervision loss, backward, clipping,
    SGD) of the multiclass model on a batch already in memory, for 1 and 2 torch threads, fp32 and
-   bf16 autocast: what the CPU itself can do;
+   bf16 autocast, in the layout the trainer uses on a CPU (channels last,
+   :mod:`liverseg.networks.memory_format`) and in PyTorch's default: what the CPU itself can do;
 2. **training loop**: :func:`liverseg.training.trainer.train_model` for two epochs (no validation)
    with 0, 1 and 2 augmentation workers, reporting the second epoch (the first includes one-off
    warm-up): seconds per iteration, patches per second, and the share of the iterations' time spent
@@ -17,6 +18,7 @@ The machine is shared: the load average is printed with each block; compare numb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import statistics
@@ -52,12 +54,15 @@ def load() -> str:
     return "load average %.1f %.1f %.1f" % os.getloadavg()
 
 
-def time_steps(plan, model, threads: int, precision: str, steps: int) -> float:
-    """Median seconds of one optimiser step on an in-memory batch."""
+def time_steps(plan, model, threads: int, precision: str, steps: int, default_layout: bool = False) -> float:
+    """Median seconds of one optimiser step on an in-memory batch (``default_layout``: not channels last)."""
     torch.set_num_threads(threads)
     settings = TrainSettings.from_overrides(model, num_workers=0, precision=precision, device="cpu")
     torch.manual_seed(0)
     parts = build_parts(model, len(plan.channel_names), settings, torch.device("cpu"))
+    if default_layout:
+        parts.network.to(memory_format=torch.contiguous_format)
+        parts = dataclasses.replace(parts, memory_format=torch.contiguous_format)
     folder = preprocessed_folder(plan, model)
     train_cases, val_cases, _ = fold_cases(plan, folder, 0)
     with training_batches(plan, model, folder, train_cases, val_cases, seed=0, num_workers=0) as (batches, _):
@@ -103,8 +108,10 @@ def main() -> None:
             for threads in (1, 2):
                 for precision in ("fp32", "bf16"):
                     seconds = time_steps(plan, model, threads, precision, args.steps)
+                    default = time_steps(plan, model, threads, precision, args.steps, default_layout=True)
                     print(f"  {threads} thread(s) {precision:5s} {seconds:6.3f} s/step  "
-                          f"{model.batch_size / seconds:6.2f} patches/s")
+                          f"{model.batch_size / seconds:6.2f} patches/s  (default layout {default:6.3f} s/step, "
+                          f"{default / seconds:4.2f}x)")
                     if best is None or seconds < best[0]:
                         best = (seconds, threads, precision)
             _, threads, precision = best

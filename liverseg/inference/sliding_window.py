@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from liverseg.errors import LiversegError
 from liverseg.inference.device import autocast_dtype, resolve_device
+from liverseg.networks.memory_format import in_preferred_format
 from liverseg.inference.windows import (DEFAULT_SIGMA_SCALE, axis_weight_sums, compute_steps, gaussian_importance_map,
                                         pad_to_patch)
 
@@ -101,12 +102,14 @@ def predict_sliding_window(
     sums = torch.zeros((num_classes, *spatial), dtype=torch.float32, device=accumulate)
     was_training = network.training
     network.to(compute).eval()
+    memory_format = in_preferred_format(network, compute)
     try:
         with torch.inference_mode(), tqdm(total=len(windows), desc="sliding window", unit="window",
                                           disable=not progress, leave=False) as bar:
             for first in range(0, len(windows), int(batch_windows)):
                 chunk = windows[first:first + int(batch_windows)]
                 batch = torch.stack([padded[(slice(None), *w)] for w in chunk]).to(compute, non_blocking=True)
+                batch = batch.contiguous(memory_format=memory_format)
                 logits = _mirrored_logits(network, batch, passes, precision, num_classes).to(accumulate)
                 for window, window_logits in zip(chunk, logits):
                     sums[(slice(None), *window)].addcmul_(window_logits, gaussian)

@@ -9,7 +9,8 @@ One record per epoch (a plain dictionary, so it goes into checkpoints as it is):
   None for a class absent from both reference and prediction); ``ema_dice``: the exponential
   moving average of their mean, which picks ``checkpoint_best.pt``;
 - ``lr``: the learning rate the epoch trained with; ``epoch_seconds``; ``data_wait``: the share of
-  the training iterations' time spent waiting for the next batch.
+  the training iterations' time spent waiting for the next batch; ``threads``: the torch threads
+  at the epoch's end (the demo hands a side-by-side run a second one when its neighbour ends).
 """
 from __future__ import annotations
 

@@ -62,6 +62,7 @@ from liverseg.errors import LiversegError
 from liverseg.io.atomic import remove_stale_temporaries
 from liverseg.io.dataset import RawDataset
 from liverseg.networks import build_network
+from liverseg.networks.memory_format import in_preferred_format
 from liverseg.paths import preprocessed_root, raw_root
 from liverseg.planning.plan_dataset import SPLITS_FILE
 from liverseg.planning.plans import ModelPlan, Plan
@@ -86,7 +87,7 @@ PROGRESS_PLOT = "progress.png"
 
 @dataclass
 class TrainingParts:
-    """What the loop works with: network, loss, optimiser, schedule, gradient scaler, device and autocast dtype."""
+    """What the loop works with: network, loss, optimiser, schedule, gradient scaler, device, autocast dtype, input layout."""
 
     network: nn.Module
     loss: nn.Module
@@ -95,6 +96,7 @@ class TrainingParts:
     scaler: torch.amp.GradScaler | None
     device: torch.device
     autocast: torch.dtype | None
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 @dataclass
@@ -259,6 +261,7 @@ def build_parts(model: ModelPlan, in_channels: int, settings: TrainSettings, dev
     """Network, deep-supervision loss, optimiser, schedule and scaler for ``model``, as the plan and settings say."""
     topology = model.topology
     network = build_network(topology.network, in_channels, model.num_classes, **topology.network_kwargs()).to(device)
+    memory_format = in_preferred_format(network, device)
     loss = DeepSupervisionLoss(build_loss(model.schedule.loss))
     schedule = model.schedule
     optimizer = build_optimizer(schedule.optimizer, network.parameters(), settings.learning_rate,
@@ -267,7 +270,7 @@ def build_parts(model: ModelPlan, in_channels: int, settings: TrainSettings, dev
                                     schedule.poly_exponent)
     dtype, use_scaler = training_precision(device, settings.precision)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-    return TrainingParts(network, loss, optimizer, lr_schedule, scaler, device, dtype)
+    return TrainingParts(network, loss, optimizer, lr_schedule, scaler, device, dtype, memory_format)
 
 
 def restore(parts: TrainingParts, state: dict[str, Any], source: Path, model: ModelPlan, settings: TrainSettings) -> RunState:
@@ -321,7 +324,7 @@ def run_epoch(parts: TrainingParts, plan: Plan, model: ModelPlan, data_folder: P
     parts.schedule.step()
     return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
             "pseudo_dice": None if counts is None else dice_from_counts(counts), "lr": lr,
-            "epoch_seconds": time.perf_counter() - start, "data_wait": data_wait}
+            "epoch_seconds": time.perf_counter() - start, "data_wait": data_wait, "threads": torch.get_num_threads()}
 
 
 def train_iterations(parts: TrainingParts, batches: Iterator[dict], iterations: int, description: str) -> tuple[float, float]:
@@ -342,7 +345,7 @@ def train_iterations(parts: TrainingParts, batches: Iterator[dict], iterations: 
 
 def train_step(parts: TrainingParts, batch: dict) -> float:
     """One optimiser step on one batch; returns the loss."""
-    data, target, mask = _on_device(batch, parts.device)
+    data, target, mask = _on_device(batch, parts.device, parts.memory_format)
     parts.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(parts.device.type, dtype=parts.autocast, enabled=parts.autocast is not None):
         outputs = parts.network(data)
@@ -369,7 +372,7 @@ def validation_iterations(parts: TrainingParts, batches: Iterator[dict], iterati
     losses, counts = [], torch.zeros((3, num_classes - 1), dtype=torch.int64)
     with torch.no_grad():
         for _ in range(iterations):
-            data, target, mask = _on_device(next(batches), parts.device)
+            data, target, mask = _on_device(next(batches), parts.device, parts.memory_format)
             with torch.autocast(parts.device.type, dtype=parts.autocast, enabled=parts.autocast is not None):
                 outputs = parts.network(data)
                 losses.append(float(parts.loss(*distributed.gather_for_loss(outputs, target, mask))))
@@ -410,8 +413,9 @@ def save_checkpoints(parts: TrainingParts, state: RunState, plan: Plan, model: M
         log.info("new best pseudo-Dice average %.4f: wrote %s", state.ema_dice, ckpt.BEST)
 
 
-def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    data = torch.as_tensor(batch["data"]).to(device, torch.float32, non_blocking=True)
+def _on_device(batch: dict, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    data = torch.as_tensor(batch["data"]).to(device, torch.float32, non_blocking=True).contiguous(memory_format=memory_format)
     target = torch.as_tensor(batch["target"]).to(device, non_blocking=True)
     mask = batch.get("mask")
     return data, target, None if mask is None else torch.as_tensor(mask).to(device, non_blocking=True)

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 
 import matplotlib.image
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from liverseg.cli.demo import main
 from liverseg.demo.overview import overview_slice
-from liverseg.demo.run import DATASET, run_demo, train_pipeline
-from liverseg.planning.plans import load_plan
+from liverseg.demo.run import CORE_FREED_SIGNAL, DATASET, _child_setup, run_demo, train_pipeline
 from liverseg.errors import LiversegError
+from liverseg.planning.plans import load_plan
+from liverseg.training.budget import model_work
 
 
 def test_overview_slice_is_the_one_with_most_tumour_else_most_liver():
@@ -58,10 +63,31 @@ def test_independent_models_train_side_by_side_each_in_one_process(planned, tmp_
     spec = load_plan(planned["preprocessed"] / dataset / "plans.json").pipeline("dual_binary")
     folders = train_pipeline(dataset, spec, 1e-4, "cpu", 0)  # a budget that ends each run after its first epoch
     assert [f.parent.name for f in folders] == [m.name for m in spec.models]
+    budgets = {}
     for folder in folders:
         log = (folder / "log.txt").read_text()
         assert "1 thread(s), 0 augmentation worker(s)" in log and "epoch 0:" in log and "epoch 1:" not in log
         assert (folder / "checkpoint_latest.pt").is_file()
+        budgets[folder.parent.name] = float(re.search(r"'time_budget_minutes': ([0-9.e-]+)", log).group(1))
+    # the liver model (more voxels per batch) has the whole budget, the tumour model its share of the work
+    liver, tumour = spec.model("liver"), spec.model("tumour")
+    assert budgets["liver"] == pytest.approx(1e-4)
+    assert budgets["tumour"] == pytest.approx(1e-4 * model_work(tumour) / (model_work(liver) + model_work(tumour)))
+
+
+def test_a_freed_core_gives_a_demo_worker_one_more_torch_thread():
+    if CORE_FREED_SIGNAL is None:
+        pytest.skip("no SIGUSR1 on this platform: side-by-side runs keep one thread each")
+    before_handler, before_threads = signal.getsignal(CORE_FREED_SIGNAL), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _child_setup()
+        os.kill(os.getpid(), CORE_FREED_SIGNAL)  # what the demo sends a worker when the other model finished
+        torch.zeros(1).add_(1)  # the handler runs at the next bytecode boundary, at the latest here
+        assert torch.get_num_threads() == 2
+    finally:
+        signal.signal(CORE_FREED_SIGNAL, before_handler)
+        torch.set_num_threads(before_threads)
 
 
 def test_a_workdir_with_foreign_files_is_refused(tmp_path, capsys):

@@ -21,7 +21,7 @@ from liverseg.training.settings import TrainSettings
 from liverseg.training.trainer import RunState, build_parts, fold_cases, preprocessed_folder, save_checkpoints, train_model
 
 DATASET = "Dataset902_TrainerPhantom"  # planned once per session by the `planned` fixture (conftest.py)
-_TIMING_KEYS = ("epoch_seconds", "data_wait")
+_TIMING_KEYS = ("epoch_seconds", "data_wait", "threads")
 
 
 @pytest.fixture
