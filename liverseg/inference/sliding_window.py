@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from liverseg.errors import LiversegError
 from liverseg.inference.device import autocast_dtype, resolve_device
-from liverseg.networks.memory_format import in_preferred_format
 from liverseg.inference.windows import (DEFAULT_SIGMA_SCALE, axis_weight_sums, compute_steps, gaussian_importance_map,
                                         pad_to_patch)
+from liverseg.networks.memory_format import in_preferred_format
 
 log = logging.getLogger(__name__)
 

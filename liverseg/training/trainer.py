@@ -22,9 +22,10 @@ Precision and threads: on CUDA, ``auto`` trains under fp16 autocast with a gradi
 under bf16 autocast, 1.5-1.8x faster per step than fp32 for the fast preset on this 2-core
 machine (``benchmarks/training_speed.py``); weights, optimiser and losses stay fp32. Other CPUs
 train in fp32. 3D networks on a CPU run in channels-last layout
-(:mod:`liverseg.networks.memory_format`, 10-18% faster steps). Without explicit settings a CPU run uses one augmentation worker (none on a
-single core) and gives the network the remaining cores: on a shared 2-core machine a second
-torch thread competing with the worker or with other jobs made steps 2-7x *slower*.
+(:mod:`liverseg.networks.memory_format`, 10-18% faster steps). Without explicit settings a CPU
+run uses one augmentation worker (none on a single core) and gives the network the remaining
+cores: on a shared 2-core machine a second torch thread competing with the worker or with other
+jobs made steps 2-7x *slower*.
 
 Online validation (pseudo-Dice, best checkpoint) uses the fold's ``inner_val`` cases when
 splits.json has them (a model-selection set that the final validation never sees), else its
