@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None, help="patches per iteration (default: the plan's)")
     parser.add_argument("--save-every", type=int, default=None, help="write checkpoint_latest.pt every N epochs (default 1)")
     parser.add_argument("--time-budget", dest="time_budget_minutes", type=float, default=None, metavar="MINUTES",
-                        help="end the training epochs within this many minutes by shortening the schedule (shared by "
-                        "the pipeline's models in proportion to their work; the final validation comes on top); "
+                        help="end the training epochs within this many minutes by fitting the schedule to them, never "
+                        "beyond --epochs (shared by the pipeline's models in proportion to their work; the final validation comes on top); "
                         "default: no limit")
     parser.add_argument("--trainer", default=None, help="registered trainer to use instead of the plan's schedule.trainer "
                         "(default: the plan's, normally 'default'; docs/extending.md registers your own)")
