@@ -6,7 +6,7 @@ from pathlib import Path
 
 from liverseg.cli.common import add_device, add_num_workers, add_verbose, run_command, setup_logging
 from liverseg.data.phantom import SIZES
-from liverseg.demo.run import run_demo
+from liverseg.demo.run import DEFAULT_CASES, run_demo
 
 DEFAULT_WORKDIR = Path("liverseg_demo")
 
@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder for the demo's data, models and outputs (default: ./%(default)s); a previous "
                         "demo in it is replaced")
     parser.add_argument("--minutes", type=float, default=10.0, help="time budget of the whole demo (default %(default)s)")
-    parser.add_argument("-n", "--num-cases", type=int, default=20, help="training phantoms (default %(default)s)")
+    parser.add_argument("-n", "--num-cases", type=int, default=DEFAULT_CASES,
+                        help="training phantoms (default %(default)s, as many as ATLAS 2023 has volumes)")
     parser.add_argument("--num-test", type=int, default=5, help="held-out test phantoms (default %(default)s)")
     parser.add_argument("--size", choices=SIZES, default="small", help="phantom size (default %(default)s; tiny runs "
                         "in about a minute but learns little)")

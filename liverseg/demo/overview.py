@@ -55,15 +55,17 @@ def _show_case(axes, image_file: Path, reference_file: Path, prediction_file: Pa
 
 
 def _plot_history(ax_loss, ax_dice, histories: Mapping[str, Sequence[Mapping]]) -> None:
-    for name, history in histories.items():
+    # one colour per model in both panels; solid = training, dashed = validation
+    for index, (name, history) in enumerate(histories.items()):
+        colour = f"C{index}"
         epochs = [r["epoch"] + 1 for r in history]
-        ax_loss.plot(epochs, [r["train_loss"] for r in history], ".-", label=f"{name} train")
+        ax_loss.plot(epochs, [r["train_loss"] for r in history], ".-", color=colour, label=f"{name} train")
         if any(r.get("val_loss") is not None for r in history):
             ax_loss.plot(epochs, [np.nan if r.get("val_loss") is None else r["val_loss"] for r in history], ".--",
-                         label=f"{name} validation")
+                         color=colour, label=f"{name} validation")
         dice = [np.nan if not r.get("pseudo_dice") else np.nanmean([np.nan if d is None else d for d in r["pseudo_dice"]])
                 for r in history]
-        ax_dice.plot(epochs, dice, ".-", label=name)
+        ax_dice.plot(epochs, dice, ".--", color=colour, label=name)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(fontsize=7)
@@ -94,7 +96,9 @@ def plot_overview(cases: Sequence[tuple[str, Path, Path, Path, str]], histories:
         bottom = axes[-1]
         _plot_history(bottom[0], bottom[1], histories)
         bottom[2].set_axis_off()
-        bottom[2].text(0.0, 0.5, "contours: liver green, tumour red\nleft: scan, middle: reference,\nright: prediction",
+        bottom[2].text(0.0, 0.5, "contours: liver green, tumour red\nleft: scan, middle: reference,\nright: prediction\n\n"
+                       "pseudo-Dice: on patches of cases held\nback from training, after each epoch; a\n"
+                       "tumour model's starts near 0 and is\nnoisy while lesions are small and few",
                        fontsize=9, va="center")
     figure.tight_layout()
     return save_figure(figure, path, dpi=90)

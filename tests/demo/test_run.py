@@ -99,9 +99,8 @@ def test_a_workdir_with_foreign_files_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue #7 is open: the demo's held-out liver Dice is about 0.90 in 10 minutes, "
-                   "above in some runs and below in others (0.897 and 0.899 on its 5 phantoms; docs/performance.md). "
-                   "Make it strict again or remove it when the bar is met reliably")
 def test_ten_minute_demo_segments_held_out_livers_above_0_9(tmp_path):
+    # 0.911 and 0.908 in two runs on a quiet 2-core machine (docs/performance.md); a busy machine
+    # trains fewer steps in the same 10 minutes.
     result = run_demo(tmp_path / "demo", minutes=10)
     assert result.liver_dice > 0.9, result.report()
