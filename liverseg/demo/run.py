@@ -65,7 +65,7 @@ EPOCHS_UPPER_BOUND = 1000
 OVERVIEW_CASES = 3
 # As many training phantoms as ATLAS 2023 has volumes. Generating and planning them takes seconds,
 # and in the same 10 minutes the liver model generalises better from 60 than from 20 (held-out
-# liver Dice 0.908-0.911 against 0.891-0.899; docs/performance.md).
+# liver Dice 0.908-0.914 against 0.891-0.899; docs/performance.md).
 DEFAULT_CASES = 60
 # Sent to a side-by-side training process when another one finished and left its core free.
 CORE_FREED_SIGNAL = getattr(signal, "SIGUSR1", None)

@@ -41,7 +41,7 @@ from liverseg.errors import LiversegError
 from liverseg.planning.memory import GIB
 from liverseg.planning.patch_size import coverage, fits_budget, percentile_extent, plan_patch
 from liverseg.planning.plans import ModelPlan, PipelineSpec, Plan, PlannerSettings
-from liverseg.planning.spacing import SpacingDecision, choose_target_spacing, coarser_spacings, default_mirror_axes
+from liverseg.planning.spacing import SpacingDecision, choose_target_spacing, coarser_spacings, mirror_axes
 from liverseg.planning.templates import Defaults, ModelTemplate, PipelineTemplate, Preset
 from liverseg.planning.topology import derive_topology, describe_topology, is_in_plane
 from liverseg.preprocessing.normalize import CT_STATS_KEYS, scheme_for_channel
@@ -182,9 +182,9 @@ def _plan_model(template: ModelTemplate, spacing: Sequence[float], ctx: _Context
     if capped:
         topology_reason += (f"; at most {ctx.stages_2d} stages, as many as the plan's full-resolution 3D models, so its encoder "
                             "fits an ahnet planned like them (liverseg_train --init-encoder-from)")
-    mirror_axes = () if template.mirroring == "none" else default_mirror_axes(spacing, one_slice=in_plane)  # for the reason
     reasons = {"patch_size": patch_reason, "topology": topology_reason, "batch_size": choice.batch_reason,
-               "mirroring": _describe_mirroring(mirror_axes), **template.reasons}
+               "mirroring": _describe_mirroring(mirror_axes(template.mirroring, spacing, one_slice=in_plane)),
+               **template.reasons}
     return ModelPlan(
         name=template.name,
         learns=dict(template.learns),

@@ -45,8 +45,14 @@ def is_anisotropic(spacing: Sequence[float]) -> bool:
     return float(spacing[0]) / max(float(spacing[1]), float(spacing[2])) >= ANISOTROPY_THRESHOLD
 
 
-def default_mirror_axes(spacing: Sequence[float], one_slice: bool = False) -> tuple[int, ...]:
-    """nnU-Net's mirroring axes for a grid: y and x on thick slices or single slices, all three otherwise."""
+def mirror_axes(mirroring: str, spacing: Sequence[float], one_slice: bool = False) -> tuple[int, ...]:
+    """The axes a model with plan setting ``mirroring`` is mirrored along, in training and at test time.
+
+    ``auto``: nnU-Net's axes, y and x on thick slices or single slices, all three otherwise;
+    ``none``: no axes.
+    """
+    if mirroring == "none":
+        return ()
     return IN_PLANE_AXES if one_slice or is_anisotropic(spacing) else ALL_AXES
 
 

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from liverseg.planning.plans import ModelPlan, Plan
-from liverseg.planning.spacing import default_mirror_axes, is_anisotropic
+from liverseg.planning.spacing import is_anisotropic, mirror_axes
 from liverseg.preprocessing.normalize import scheme_for_channel
 from liverseg.training.augmentation import build_training_transforms, build_validation_transforms, sampling_region_size
 from liverseg.training.background import background_augmenter
@@ -53,9 +53,7 @@ log = logging.getLogger(__name__)
 
 def model_mirror_axes(model: ModelPlan, spacing: Sequence[float]) -> tuple[int, ...]:
     """The axes ``model`` is mirrored along on a grid of ``spacing``, in training and at test time (none: ``()``)."""
-    if model.mirroring == "none":
-        return ()
-    return default_mirror_axes(spacing, one_slice=int(model.topology.patch_size[0]) == 1)
+    return mirror_axes(model.mirroring, spacing, one_slice=int(model.topology.patch_size[0]) == 1)
 
 
 def is_mri(plan: Plan) -> bool:
